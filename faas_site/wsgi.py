@@ -1,0 +1,8 @@
+"""WSGI entry point: serves the REST API under a WSGI server (gunicorn) for throughput."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "faas_site.settings")
+application = get_wsgi_application()

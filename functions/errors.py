@@ -1,0 +1,36 @@
+"""API errors: a 413 for oversized payloads, and JSON bodies for every error, never HTML."""
+
+from django.core.exceptions import RequestDataTooBig
+from django.http import JsonResponse
+from rest_framework import status
+from rest_framework.exceptions import APIException, NotFound
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from functions import services
+
+
+class PayloadTooLarge(APIException):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_detail = "The payload is larger than this server accepts."
+    default_code = "payload_too_large"
+
+
+def exception_handler(exc, context):
+    """DRF's handler, plus the domain errors services raise and Django's size guard."""
+    if isinstance(exc, services.NotFound):
+        exc = NotFound(str(exc))
+    elif isinstance(exc, RequestDataTooBig):
+        exc = PayloadTooLarge("The request body is larger than this server accepts.")
+    return drf_exception_handler(exc, context)
+
+
+def json_not_found(request, exception=None):
+    return JsonResponse({"detail": f"No such endpoint: {request.path}."}, status=404)
+
+
+def json_server_error(request):
+    return JsonResponse({"detail": "Internal server error."}, status=500)
+
+
+def json_bad_request(request, exception=None):
+    return JsonResponse({"detail": "Bad request."}, status=400)

@@ -1,0 +1,148 @@
+"""The Redis mirror: task hashes, the function payload cache, the task stream, and the
+control channel. Every Redis name the platform uses is defined here.
+
+The stream is read through a consumer group, so a task queued while no dispatcher runs,
+or held by one that crashed, is not lost (DESIGN §3). State changes go through small Lua
+scripts so each task reaches exactly one final state, whoever writes it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from dataclasses import dataclass
+
+import redis
+
+from workers.protocol import TaskStatus
+
+STREAM = "faas:tasks"
+GROUP = "dispatchers"
+TASK_KEY = "faas:task:{task_id}"
+FUNCTION_KEY = "faas:function:{function_id}"
+DONE_CHANNEL = "faas:done:{task_id}"  # published once when a task reaches a final state
+CONTROL_CHANNEL = "faas:control"  # JSON commands to dispatchers: cancel a task, drain a worker
+WORKER_KEY = "faas:worker:{identity}"  # a live worker's last known state, for the dashboard
+WORKERS_SET = "faas:workers"
+THROUGHPUT_KEY = "faas:done-per-second"  # sorted set of second -> count, for the dashboard chart
+
+FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
+
+# KEYS[1]=task hash, KEYS[2]=done channel; ARGV = status, result, error, ttl, field, value, ...
+_FINISH = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s == 'COMPLETED' or s == 'FAILED' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3])
+if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+
+# KEYS[1]=task hash; ARGV = field, value, ...  Only a QUEUED (or unknown) task may start.
+_START = """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s == 'COMPLETED' or s == 'FAILED' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'RUNNING', unpack(ARGV))
+return 1
+"""
+
+
+@functools.lru_cache(maxsize=8)
+def client(url: str) -> redis.Redis:
+    """One connection pool per process and URL, made on first use (never at import)."""
+    return redis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+
+
+def ensure_group(r: redis.Redis) -> None:
+    """Create the stream and its consumer group if missing; idempotent."""
+    try:
+        r.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+def task_key(task_id) -> str:
+    return TASK_KEY.format(task_id=task_id)
+
+
+def function_key(function_id) -> str:
+    return FUNCTION_KEY.format(function_id=function_id)
+
+
+def done_channel(task_id) -> str:
+    return DONE_CHANNEL.format(task_id=task_id)
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    """What the web side puts on the queue for one task."""
+
+    task_id: str
+    function_id: str
+    owner_id: str  # "" for anonymous
+    arguments: bytes
+    timeout: float | None = None
+    attempt: int = 1
+
+
+def put_function(pipe, function_id, owner_id, payload: bytes) -> None:
+    pipe.hset(function_key(function_id), mapping={"payload": payload, "owner": owner_id or ""})
+
+
+def enqueue(pipe, tasks: list[QueuedTask], now: float | None = None) -> None:
+    """Write each task's hash and stream entry into `pipe` (the caller executes it)."""
+    now = time.time() if now is None else now
+    for t in tasks:
+        pipe.hset(task_key(t.task_id), mapping={
+            "status": TaskStatus.QUEUED.value, "owner": t.owner_id, "function_id": t.function_id,
+            "queued_at": repr(now), "attempts": t.attempt - 1,
+        })
+        pipe.xadd(STREAM, stream_fields(t))
+
+
+def stream_fields(t: QueuedTask) -> dict:
+    return {"task_id": t.task_id, "function_id": t.function_id, "owner": t.owner_id, "arguments": t.arguments,
+            "timeout": "" if t.timeout is None else repr(t.timeout), "attempt": t.attempt}
+
+
+def parse_stream_fields(fields: dict) -> QueuedTask:
+    """Inverse of `stream_fields` for an entry read back from Redis (bytes keys and values)."""
+    timeout = fields.get(b"timeout", b"")
+    return QueuedTask(
+        task_id=fields[b"task_id"].decode(), function_id=fields[b"function_id"].decode(),
+        owner_id=fields.get(b"owner", b"").decode(), arguments=fields[b"arguments"],
+        timeout=float(timeout) if timeout else None, attempt=int(fields.get(b"attempt", b"1")),
+    )
+
+
+def read_task(r: redis.Redis, task_id) -> dict[str, bytes] | None:
+    data = r.hgetall(task_key(task_id))
+    return {k.decode(): v for k, v in data.items()} or None
+
+
+def register_scripts(r: redis.Redis):
+    """The Lua scripts bound to a client: (start, finish)."""
+    return r.register_script(_START), r.register_script(_FINISH)
+
+
+def finish(script, pipe_or_client, task_id, status: str, result: bytes, error: str, ttl: int, **extra):
+    """Set a final state unless the task already has one; publishes on the done channel."""
+    args = [status, result, error, ttl]
+    for k, v in extra.items():
+        args += [k, v]
+    return script(keys=[task_key(task_id), done_channel(task_id)], args=args, client=pipe_or_client)
+
+
+def start(script, pipe_or_client, task_id, **fields):
+    args = []
+    for k, v in fields.items():
+        args += [k, v]
+    return script(keys=[task_key(task_id)], args=args or ["dispatched_at", repr(time.time())], client=pipe_or_client)
+
+
+def send_control(r: redis.Redis, command: str, **fields) -> int:
+    """Tell every running dispatcher to act (cancel a task, drain a worker); returns listeners reached."""
+    return r.publish(CONTROL_CHANNEL, json.dumps({"command": command, **fields}))

@@ -1,0 +1,78 @@
+"""Input and output shapes of the REST API; payload rules live in workers.serialization."""
+
+import uuid
+
+from django.conf import settings
+from rest_framework import serializers
+
+from functions.errors import PayloadTooLarge
+from workers import serialization
+from workers.exceptions import PayloadError
+from workers.exceptions import PayloadTooLarge as PayloadTooLargeError
+
+
+class PayloadField(serializers.CharField):
+    """base64 of one dill pickle stream; becomes the raw bytes, checked but never unpickled."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("trim_whitespace", False)
+        kwargs.setdefault("help_text", "base64 of dill.dumps(...); newlines are allowed")
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        text = super().to_internal_value(data)
+        try:
+            return serialization.validate_payload(text, settings.FAAS_MAX_PAYLOAD_BYTES)
+        except PayloadTooLargeError as exc:
+            raise PayloadTooLarge(str(exc)) from None
+        except PayloadError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class IdField(serializers.CharField):
+    def to_internal_value(self, data):
+        text = super().to_internal_value(data)
+        try:
+            return uuid.UUID(text)
+        except ValueError:
+            raise serializers.ValidationError(f"{text!r} is not a valid id.") from None
+
+
+class RegisterFunctionSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200)
+    payload = PayloadField()
+
+
+class FunctionIdSerializer(serializers.Serializer):
+    function_id = serializers.UUIDField()
+
+
+class ExecuteFunctionSerializer(serializers.Serializer):
+    function_id = IdField()
+    payload = PayloadField(help_text="base64 of dill.dumps(((args...), {kwargs}))")
+    timeout = serializers.FloatField(required=False, min_value=0.001, allow_null=True,
+                                     help_text="deadline in seconds (optional)")
+
+
+class ExecuteBatchSerializer(serializers.Serializer):
+    function_id = IdField()
+    payloads = serializers.ListField(child=PayloadField(), min_length=1, max_length=10_000)
+    timeout = serializers.FloatField(required=False, min_value=0.001, allow_null=True)
+
+
+class TaskIdSerializer(serializers.Serializer):
+    task_id = serializers.UUIDField()
+
+
+class TaskIdsSerializer(serializers.Serializer):
+    task_ids = serializers.ListField(child=serializers.UUIDField())
+
+
+class StatusSerializer(serializers.Serializer):
+    task_id = serializers.UUIDField()
+    status = serializers.ChoiceField(choices=["QUEUED", "RUNNING", "COMPLETED", "FAILED"])
+
+
+class ResultSerializer(StatusSerializer):
+    result = serializers.CharField(allow_null=True, help_text="serialize(value) or serialize(exception); null before")
+    error = serializers.CharField(required=False, help_text="plain-text reason, when FAILED")

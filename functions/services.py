@@ -1,0 +1,175 @@
+"""Every state change of functions and tasks, for views, admin actions and the dispatcher.
+
+The web side writes the database row and the Redis mirror in one step: the row inside a
+transaction, the Redis pipeline before it commits, so a Redis failure leaves nothing behind
+and an acknowledged task is both durable and queued.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from functions import mirror
+from functions.models import Function, Task
+from workers import serialization
+from workers.exceptions import WorkerFailureException
+from workers.protocol import TaskStatus
+
+
+class NotFound(Exception):
+    """Raised when an id is malformed, unknown, or belongs to another user."""
+
+
+class NotCancellable(Exception):
+    """Raised when a task has already reached a final state."""
+
+
+def redis_client():
+    return mirror.client(settings.REDIS_URL)
+
+
+def owner_key(user) -> str:
+    """How a task's owner is written in Redis: the user id, or "" for anonymous use."""
+    return str(user.pk) if user is not None and user.is_authenticated else ""
+
+
+def _owner(user):
+    return user if user is not None and user.is_authenticated else None
+
+
+def parse_uuid(value) -> uuid.UUID:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except (ValueError, TypeError, AttributeError):
+        raise NotFound(f"{value!r} is not a valid id.") from None
+
+
+def function_register(*, owner, name: str, payload: bytes) -> Function:
+    """Store a validated callable payload and cache it in Redis for the dispatchers."""
+    with transaction.atomic():
+        function = Function.objects.create(owner=_owner(owner), name=name, payload=payload,
+                                           payload_size=len(payload))
+        pipe = redis_client().pipeline(transaction=False)
+        mirror.put_function(pipe, function.id, owner_key(owner), payload)
+        pipe.execute()
+    return function
+
+
+def function_get(*, owner, function_id) -> Function:
+    """The caller's function (without its payload); NotFound for anyone else's."""
+    fid = parse_uuid(function_id)
+    try:
+        return Function.objects.only("id", "owner_id", "name").get(id=fid, owner=_owner(owner))
+    except Function.DoesNotExist:
+        raise NotFound(f"No function with id {fid}.") from None
+
+
+def task_submit_batch(*, owner, function: Function, payloads: list[bytes],
+                      timeout: float | None = None, retry_of: Task | None = None) -> list[Task]:
+    """Queue many calls of one function: one transaction, one Redis pipeline."""
+    timeout = timeout if timeout is not None else settings.FAAS_TASK_TIMEOUT
+    tasks = [Task(owner=_owner(owner), function=function, payload=p, payload_size=len(p),
+                  timeout=timeout, retry_of=retry_of) for p in payloads]
+    queued = [mirror.QueuedTask(str(t.id), str(function.id), owner_key(owner), p, timeout)
+              for t, p in zip(tasks, payloads)]
+    r = redis_client()
+    with transaction.atomic():
+        Task.objects.bulk_create(tasks)
+        pipe = r.pipeline(transaction=True)
+        mirror.enqueue(pipe, queued)
+        pipe.execute()
+    return tasks
+
+
+def task_submit(*, owner, function: Function, payload: bytes, timeout: float | None = None) -> Task:
+    return task_submit_batch(owner=owner, function=function, payloads=[payload], timeout=timeout)[0]
+
+
+@dataclass(frozen=True)
+class TaskView:
+    """A task as the API shows it, from Redis or the database."""
+
+    task_id: str
+    status: str
+    result: bytes | None
+    error: str
+
+
+def task_view(*, owner, task_id) -> TaskView:
+    """The caller's task from the Redis mirror, falling back to the database."""
+    tid = parse_uuid(task_id)
+    data = mirror.read_task(redis_client(), tid)
+    if data is not None and "status" in data:
+        if data.get("owner", b"").decode() != owner_key(owner):
+            raise NotFound(f"No task with id {tid}.")
+        status = data["status"].decode()
+        result = data.get("result") if status in mirror.FINAL else None
+        return TaskView(str(tid), status, result, data.get("error", b"").decode())
+    row = (Task.objects.filter(id=tid, owner=_owner(owner))
+           .values_list("status", "result", "error").first())
+    if row is None:
+        raise NotFound(f"No task with id {tid}.")
+    status, result, error = row
+    return TaskView(str(tid), status, bytes(result) if result is not None and status in mirror.FINAL else None,
+                    error or "")
+
+
+def task_cancel(*, task: Task, reason: str = "cancelled") -> None:
+    """Fail a QUEUED or RUNNING task as cancelled; a running task's process is stopped."""
+    r = redis_client()
+    start_script, finish_script = mirror.register_scripts(r)
+    exc = WorkerFailureException(reason)
+    result = serialization.dumps(exc)
+    now = time.time()
+    changed = mirror.finish(finish_script, r, task.id, TaskStatus.FAILED.value, result, f"WorkerFailureException: {reason}",
+                            settings.FAAS_RESULT_TTL, finished_at=repr(now))
+    updated = Task.objects.filter(id=task.id, status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING]).update(
+        status=TaskStatus.FAILED, result=result, result_size=len(result),
+        error=f"WorkerFailureException: {reason}", finished_at=timezone.now())
+    if not changed and not updated:
+        raise NotCancellable(f"Task {task.id} has already finished.")
+    mirror.send_control(r, "cancel", task_id=str(task.id))
+
+
+def task_retry(*, task: Task) -> Task:
+    """Run a finished task again as a new task linked to the old one."""
+    if task.status not in mirror.FINAL:
+        raise NotCancellable(f"Task {task.id} has not finished; only finished tasks can be retried.")
+    return task_submit_batch(owner=task.owner, function=task.function, payloads=[bytes(task.payload)],
+                             timeout=task.timeout, retry_of=task)[0]
+
+
+def task_wait(*, owner, task_id, timeout: float) -> TaskView:
+    """The task once it is final or `timeout` seconds have passed, woken through Redis
+    pub/sub (no sleep loop). Subscribes before re-reading, so no wake-up is lost."""
+    view = task_view(owner=owner, task_id=task_id)
+    if view.status in mirror.FINAL or timeout <= 0:
+        return view
+    pubsub = redis_client().pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(mirror.done_channel(view.task_id))
+        deadline = time.monotonic() + timeout
+        view = task_view(owner=owner, task_id=task_id)
+        while view.status not in mirror.FINAL:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            if pubsub.get_message(timeout=remaining) is not None:
+                view = task_view(owner=owner, task_id=task_id)
+    finally:
+        pubsub.close()
+    return view
+
+
+def task_get(*, owner, task_id) -> Task:
+    tid = parse_uuid(task_id)
+    try:
+        return Task.objects.select_related("function", "owner").get(id=tid, owner=_owner(owner))
+    except Task.DoesNotExist:
+        raise NotFound(f"No task with id {tid}.") from None

@@ -1,0 +1,20 @@
+"""API routes; each path answers with and without a trailing slash."""
+
+from django.urls import re_path
+
+from functions import views
+
+
+def both(path: str, view, name: str):
+    """One route matching `path` and `path/`, so existing clients need no redirect."""
+    return re_path(rf"^{path}/?$", view.as_view(), name=name)
+
+
+urlpatterns = [
+    both("register_function", views.RegisterFunctionView, "register-function"),
+    both("execute_function", views.ExecuteFunctionView, "execute-function"),
+    both("execute_batch", views.ExecuteBatchView, "execute-batch"),
+    both(r"status/(?P<task_id>[^/]+)", views.StatusView, "task-status"),
+    both(r"result/(?P<task_id>[^/]+)", views.ResultView, "task-result"),
+    both(r"cancel/(?P<task_id>[^/]+)", views.CancelView, "task-cancel"),
+]

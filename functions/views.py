@@ -1,0 +1,107 @@
+"""Thin API views: validate input, call one service, shape the answer (STYLE C12)."""
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.exceptions import ValidationError
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from functions import serializers as s
+from functions import services
+from workers import serialization
+
+MAX_WAIT_SECONDS = 60.0  # longest a client may hold a /result long-poll open
+
+
+def task_body(view: services.TaskView, with_result: bool) -> dict:
+    body = {"task_id": view.task_id, "status": view.status}
+    if with_result:
+        body["result"] = serialization.encode(view.result) if view.result is not None else None
+        if view.status == "FAILED":
+            body["error"] = view.error
+    return body
+
+
+class RegisterFunctionView(APIView):
+    """Register a callable: `payload` is base64 of `dill.dumps(fn)`."""
+
+    @extend_schema(request=s.RegisterFunctionSerializer, responses={201: s.FunctionIdSerializer})
+    def post(self, request):
+        data = s.RegisterFunctionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        function = services.function_register(owner=request.user, **data.validated_data)
+        return Response({"function_id": str(function.id)}, status=status.HTTP_201_CREATED)
+
+
+class ExecuteFunctionView(APIView):
+    """Queue one call: `payload` is base64 of `dill.dumps(((args...), {kwargs}))`."""
+
+    @extend_schema(request=s.ExecuteFunctionSerializer, responses={201: s.TaskIdSerializer})
+    def post(self, request):
+        data = s.ExecuteFunctionSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        function = services.function_get(owner=request.user, function_id=data.validated_data["function_id"])
+        task = services.task_submit(owner=request.user, function=function, payload=data.validated_data["payload"],
+                                    timeout=data.validated_data.get("timeout"))
+        return Response({"task_id": str(task.id)}, status=status.HTTP_201_CREATED)
+
+
+class ExecuteBatchView(APIView):
+    """Queue many calls of one function in one request; ids come back in order."""
+
+    @extend_schema(request=s.ExecuteBatchSerializer, responses={201: s.TaskIdsSerializer})
+    def post(self, request):
+        data = s.ExecuteBatchSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        function = services.function_get(owner=request.user, function_id=data.validated_data["function_id"])
+        tasks = services.task_submit_batch(owner=request.user, function=function,
+                                           payloads=data.validated_data["payloads"],
+                                           timeout=data.validated_data.get("timeout"))
+        return Response({"task_ids": [str(t.id) for t in tasks]}, status=status.HTTP_201_CREATED)
+
+
+class StatusView(APIView):
+    @extend_schema(responses={200: s.StatusSerializer})
+    def get(self, request, task_id):
+        view = services.task_view(owner=request.user, task_id=task_id)
+        return Response(task_body(view, with_result=False))
+
+
+class ResultView(APIView):
+    """The result; `?wait=<seconds>` answers as soon as the task finishes (long-poll)."""
+
+    @extend_schema(responses={200: s.ResultSerializer},
+                   parameters=[OpenApiParameter("wait", float, description="seconds to wait for a final state")])
+    def get(self, request, task_id):
+        wait = self._wait(request)
+        if wait:
+            view = services.task_wait(owner=request.user, task_id=task_id, timeout=wait)
+        else:
+            view = services.task_view(owner=request.user, task_id=task_id)
+        return Response(task_body(view, with_result=True))
+
+    @staticmethod
+    def _wait(request) -> float:
+        raw = request.query_params.get("wait")
+        if raw in (None, ""):
+            return 0.0
+        try:
+            wait = float(raw)
+        except ValueError:
+            raise ValidationError({"wait": f"{raw!r} is not a number of seconds."}) from None
+        if not 0 <= wait <= MAX_WAIT_SECONDS:
+            raise ValidationError({"wait": f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds."})
+        return wait
+
+
+class CancelView(APIView):
+    """Cancel a task: a queued task never runs; a running task's process is stopped."""
+
+    @extend_schema(request=None, responses={200: s.StatusSerializer})
+    def post(self, request, task_id):
+        task = services.task_get(owner=request.user, task_id=task_id)
+        try:
+            services.task_cancel(task=task)
+        except services.NotCancellable as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response(task_body(services.task_view(owner=request.user, task_id=task_id), with_result=False))

@@ -1,0 +1,40 @@
+"""Test fixtures: a real redis-server on a free port for the session, flushed around each test."""
+
+from __future__ import annotations
+
+import pytest
+from django.test import override_settings
+
+from tests.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server():
+    server = RedisServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_settings(redis_server):
+    """Point every Redis user (mirror, cache, channel layer) at the test server."""
+    url = redis_server.url
+    with override_settings(
+        REDIS_URL=url,
+        CACHES={"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
+                            "KEY_PREFIX": "faas:cache"}},
+        CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                    "CONFIG": {"hosts": [url], "prefix": "faas:channels:"}}},
+    ):
+        yield
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.flushall()
+    client.close()

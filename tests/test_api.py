@@ -1,0 +1,220 @@
+"""The REST contract (DESIGN §2) and its bad-input cases, through HTTP."""
+
+from __future__ import annotations
+
+import base64
+import codecs
+import uuid
+
+import dill
+import pytest
+from django.contrib.auth.models import User
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from functions import mirror
+from functions.models import Task
+from workers.serialization import deserialize, serialize
+
+pytestmark = pytest.mark.django_db
+
+
+def add(a, b):
+    return a + b
+
+
+def client_for(user=None) -> APIClient:
+    client = APIClient()
+    if user is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+@pytest.fixture
+def alice(redis_client):
+    return client_for(User.objects.create_user("alice", password="pw"))
+
+
+@pytest.fixture
+def bob(redis_client):
+    return client_for(User.objects.create_user("bob", password="pw"))
+
+
+def register(client, fn=add, name="add") -> str:
+    response = client.post("/register_function", {"name": name, "payload": serialize(fn)}, format="json")
+    assert response.status_code == 201, response.content
+    return response.json()["function_id"]
+
+
+def execute(client, function_id, *args, **kwargs):
+    return client.post("/execute_function", {"function_id": function_id, "payload": serialize((args, kwargs))},
+                       format="json")
+
+
+def test_register_execute_status_result(alice, redis_client):
+    function_id = register(alice)
+    uuid.UUID(function_id)
+    response = execute(alice, function_id, 1, 2)
+    assert response.status_code == 201
+    task_id = response.json()["task_id"]
+    assert alice.get(f"/status/{task_id}").json() == {"task_id": task_id, "status": "QUEUED"}
+    assert alice.get(f"/result/{task_id}").json() == {"task_id": task_id, "status": "QUEUED", "result": None}
+
+
+def test_submitted_task_is_queued_in_database_redis_hash_and_stream(alice, redis_client):
+    task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
+    assert Task.objects.get(id=task_id).status == "QUEUED"
+    assert redis_client.hget(mirror.task_key(task_id), "status") == b"QUEUED"
+    entries = redis_client.xrange(mirror.STREAM)
+    assert [fields[b"task_id"].decode() for _id, fields in entries] == [task_id]
+    assert dill.loads(entries[0][1][b"arguments"]) == ((1, 2), {})
+
+
+def test_codecs_base64_with_newlines_and_trailing_slash_paths(alice):
+    payload = codecs.encode(dill.dumps(add), "base64").decode()
+    assert "\n" in payload
+    response = alice.post("/register_function/", {"name": "add", "payload": payload}, format="json")
+    assert response.status_code == 201
+    args = codecs.encode(dill.dumps(((1, 2), {})), "base64").decode()
+    response = alice.post("/execute_function/", {"function_id": response.json()["function_id"], "payload": args},
+                          format="json")
+    assert response.status_code == 201
+    assert alice.get(f"/status/{response.json()['task_id']}/").status_code == 200
+
+
+def test_finished_task_result_is_serialized_value(alice, redis_client):
+    task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
+    start, finish = mirror.register_scripts(redis_client)
+    mirror.finish(finish, redis_client, task_id, "COMPLETED", dill.dumps(3), "", 60)
+    body = alice.get(f"/result/{task_id}").json()
+    assert body["status"] == "COMPLETED" and deserialize(body["result"]) == 3
+
+
+def test_failed_task_result_is_exception_with_error_text(alice, redis_client):
+    task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
+    _start, finish = mirror.register_scripts(redis_client)
+    mirror.finish(finish, redis_client, task_id, "FAILED", dill.dumps(ValueError("bad")), "ValueError: bad", 60)
+    body = alice.get(f"/result/{task_id}").json()
+    assert body["status"] == "FAILED" and body["error"] == "ValueError: bad"
+    assert isinstance(deserialize(body["result"]), ValueError)
+
+
+def test_status_falls_back_to_database_when_redis_forgot(alice, redis_client):
+    task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
+    redis_client.delete(mirror.task_key(task_id))
+    assert alice.get(f"/status/{task_id}").json()["status"] == "QUEUED"
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({}, "name"),
+    ({"name": "f"}, "payload"),
+    ({"name": "f", "payload": 12}, "payload"),
+    ({"name": "f", "payload": "not base64!!"}, "base64"),
+    ({"name": "f", "payload": base64.b64encode(b"plain text, not a pickle").decode()}, "pickle"),
+    ({"name": "f", "payload": base64.b64encode(dill.dumps(len) + b"junk").decode()}, "after the end"),
+    ({"name": "f", "payload": ""}, "payload"),
+])
+def test_register_rejects_bad_input(alice, body, fragment):
+    response = alice.post("/register_function", body, format="json")
+    assert response.status_code == 400
+    assert fragment in response.content.decode()
+
+
+def test_not_json_is_a_json_400(alice):
+    response = alice.post("/register_function", "{not json", content_type="application/json")
+    assert response.status_code == 400
+    assert response["Content-Type"].startswith("application/json")
+
+
+def test_execute_rejects_bad_payload_and_ids(alice):
+    function_id = register(alice)
+    assert alice.post("/execute_function", {"function_id": function_id, "payload": "%%%"},
+                      format="json").status_code == 400
+    assert alice.post("/execute_function", {"function_id": "nope", "payload": serialize(((), {}))},
+                      format="json").status_code == 400
+    assert alice.post("/execute_function", {"payload": serialize(((), {}))}, format="json").status_code == 400
+    response = execute(alice, str(uuid.uuid4()))
+    assert response.status_code == 404 and "detail" in response.json()
+
+
+@pytest.mark.parametrize("path", ["/status/", "/result/"])
+def test_unknown_and_malformed_task_ids_are_404(alice, path):
+    for task_id in [str(uuid.uuid4()), "not-a-uuid"]:
+        response = alice.get(path + task_id)
+        assert response.status_code == 404
+        assert "detail" in response.json()
+
+
+def test_payload_over_the_cap_is_413(alice, settings):
+    settings.FAAS_MAX_PAYLOAD_BYTES = 1000
+    response = alice.post("/register_function", {"name": "big", "payload": serialize(b"x" * 5000)}, format="json")
+    assert response.status_code == 413
+    assert "limit" in response.json()["detail"]
+
+
+def test_body_over_django_upload_limit_is_json_413(alice, settings):
+    settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1000
+    response = alice.post("/register_function", {"name": "big", "payload": serialize(b"x" * 5000)}, format="json")
+    assert response.status_code == 413
+    assert response["Content-Type"].startswith("application/json")
+
+
+def test_unknown_path_is_json_404(alice):
+    response = alice.get("/no/such/thing")
+    assert response.status_code == 404 and response.json()["detail"]
+
+
+def test_authentication_required_unless_anonymous_is_enabled(redis_client, settings):
+    settings.FAAS_ALLOW_ANONYMOUS = False
+    anonymous = APIClient()
+    assert anonymous.post("/register_function", {"name": "f", "payload": serialize(add)},
+                          format="json").status_code in (401, 403)
+    settings.FAAS_ALLOW_ANONYMOUS = True
+    task_id = execute(anonymous, register(anonymous), 1, 2).json()["task_id"]
+    assert anonymous.get(f"/status/{task_id}").status_code == 200
+
+
+def test_users_cannot_see_or_run_each_others_work(alice, bob):
+    function_id = register(alice)
+    task_id = execute(alice, function_id, 1, 2).json()["task_id"]
+    assert execute(bob, function_id, 1, 2).status_code == 404
+    assert bob.get(f"/status/{task_id}").status_code == 404
+    assert bob.get(f"/result/{task_id}").status_code == 404
+    assert bob.post(f"/cancel/{task_id}").status_code == 404
+    assert alice.get(f"/status/{task_id}").status_code == 200
+
+
+class WritesAFileWhenUnpickled:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_payload_is_never_unpickled_by_the_web_server(alice, tmp_path):
+    marker = tmp_path / "unpickled"
+    payload = base64.b64encode(dill.dumps(WritesAFileWhenUnpickled(str(marker)))).decode()
+    assert alice.post("/register_function", {"name": "evil", "payload": payload}, format="json").status_code == 201
+    function_id = register(alice)
+    response = alice.post("/execute_function", {"function_id": function_id, "payload": payload}, format="json")
+    assert response.status_code == 201
+    assert not marker.exists()
+
+
+def test_batch_submit_returns_ids_in_order(alice, redis_client):
+    function_id = register(alice)
+    payloads = [serialize(((i, i), {})) for i in range(50)]
+    response = alice.post("/execute_batch", {"function_id": function_id, "payloads": payloads}, format="json")
+    assert response.status_code == 201
+    task_ids = response.json()["task_ids"]
+    streamed = [f[b"task_id"].decode() for _id, f in redis_client.xrange(mirror.STREAM)]
+    assert streamed == task_ids and Task.objects.filter(id__in=task_ids).count() == 50
+
+
+def test_openapi_docs_and_browsable_api(alice):
+    assert alice.get("/docs").status_code == 200
+    schema = alice.get("/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert schema.status_code == 200 and "/register_function" in schema.content.decode()
+    page = alice.get("/register_function", HTTP_ACCEPT="text/html")
+    assert page.status_code == 405 and b"<html" in page.content.lower()

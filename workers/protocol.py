@@ -1,0 +1,190 @@
+"""The wire protocol between dispatcher and workers: kinds, messages, framing, heartbeat constants.
+
+Every message is `[VERSION, kind, header-json, *blobs]`; payloads and results ride as
+raw bytes frames (never base64 text), and several tasks or results share one message.
+Both sides import this module and nothing else defines a frame. Standard library only.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field
+
+from workers.exceptions import ProtocolError
+
+VERSION = b"FAAS1"
+
+HEARTBEAT_INTERVAL = 1.0  # seconds between heartbeats, both ways
+HEARTBEAT_LIVENESS = 3  # missed beats before a peer is declared dead
+RECONNECT_INTERVAL_INIT = 0.5  # first back-off before a worker reconnects, seconds
+RECONNECT_INTERVAL_MAX = 8.0  # back-off ceiling, seconds
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # ZeroMQ MAXMSGSIZE: several payloads near the 16 MiB cap
+
+
+class TaskStatus(str, enum.Enum):
+    """The status vocabulary; equals functions.models.Task.Status (a unit test checks)."""
+
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+
+
+FINAL_STATUSES = frozenset({TaskStatus.COMPLETED.value, TaskStatus.FAILED.value})
+
+
+class Kind(bytes, enum.Enum):
+    REGISTER = b"REGISTER"  # push worker -> dispatcher: I exist, with n processes
+    REQUEST = b"REQUEST"  # pull worker -> dispatcher: give me up to n tasks
+    TASKS = b"TASKS"  # dispatcher -> worker: one or more tasks
+    RESULTS = b"RESULTS"  # worker -> dispatcher: one or more results
+    CANCEL = b"CANCEL"  # dispatcher -> worker: stop these tasks' processes
+    HEARTBEAT = b"HEARTBEAT"  # both ways
+    DISCONNECT = b"DISCONNECT"  # both ways: I am going away
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Who a worker is; sent with REGISTER and REQUEST so the dispatcher can list it."""
+
+    processes: int
+    hostname: str = ""
+    pid: int = 0
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    function_id: str
+    function: bytes  # dill bytes, opaque to the dispatcher
+    arguments: bytes  # dill bytes of ((args...), {kwargs})
+    deadline_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    task_id: str
+    status: str  # TaskStatus.COMPLETED or TaskStatus.FAILED
+    result: bytes  # dill bytes of the return value, or of the exception
+    error: str = ""  # plain-text reason for a failure
+    started_at: float | None = None  # wall clock, seconds
+    finished_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Register:
+    info: WorkerInfo
+
+
+@dataclass(frozen=True)
+class Request:
+    free: int
+    info: WorkerInfo
+
+
+@dataclass(frozen=True)
+class Tasks:
+    tasks: tuple[Task, ...]
+
+
+@dataclass(frozen=True)
+class Results:
+    results: tuple[Result, ...]
+    free: int = 0  # processes free after these results; lets a pull worker ask again in one message
+
+
+@dataclass(frozen=True)
+class Cancel:
+    task_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    busy: int = 0
+
+
+@dataclass(frozen=True)
+class Disconnect:
+    reason: str = ""
+
+
+Message = Register | Request | Tasks | Results | Cancel | Heartbeat | Disconnect
+
+
+def _header(obj) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Frames for one message (without any ROUTER identity)."""
+    match msg:
+        case Register(info):
+            return [VERSION, Kind.REGISTER.value, _header(vars(info))]
+        case Request(free, info):
+            return [VERSION, Kind.REQUEST.value, _header({"free": free, **vars(info)})]
+        case Tasks(tasks):
+            head = [[t.task_id, t.function_id, t.deadline_s] for t in tasks]
+            blobs = [b for t in tasks for b in (t.function, t.arguments)]
+            return [VERSION, Kind.TASKS.value, _header(head), *blobs]
+        case Results(results, free):
+            head = {"free": free, "r": [[r.task_id, r.status, r.error, r.started_at, r.finished_at] for r in results]}
+            return [VERSION, Kind.RESULTS.value, _header(head), *(r.result for r in results)]
+        case Cancel(task_ids):
+            return [VERSION, Kind.CANCEL.value, _header(list(task_ids))]
+        case Heartbeat(busy):
+            return [VERSION, Kind.HEARTBEAT.value, _header({"busy": busy})]
+        case Disconnect(reason):
+            return [VERSION, Kind.DISCONNECT.value, _header({"reason": reason})]
+    raise ProtocolError(f"cannot encode {type(msg).__name__}")
+
+
+def _info(head: dict) -> WorkerInfo:
+    return WorkerInfo(processes=int(head["processes"]), hostname=str(head.get("hostname", "")), pid=int(head.get("pid", 0)))
+
+
+def decode(frames: list[bytes]) -> Message:
+    """Parse frames produced by `encode`; raises ProtocolError on anything malformed."""
+    if len(frames) < 3:
+        raise ProtocolError(f"expected at least 3 frames, got {len(frames)}")
+    version, kind_raw, header, *blobs = frames
+    if bytes(version) != VERSION:
+        raise ProtocolError(f"unsupported protocol version {bytes(version)[:16]!r}")
+    try:
+        kind = Kind(bytes(kind_raw))
+        head = json.loads(bytes(header))
+        return _DECODERS[kind](head, [bytes(b) for b in blobs])
+    except ProtocolError:
+        raise
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        raise ProtocolError(f"malformed {bytes(kind_raw)[:16]!r} message: {exc}") from None
+
+
+def _decode_tasks(head, blobs) -> Tasks:
+    if len(blobs) != 2 * len(head):
+        raise ProtocolError(f"TASKS header names {len(head)} tasks but {len(blobs)} blobs follow")
+    return Tasks(tuple(
+        Task(str(tid), str(fid), blobs[2 * i], blobs[2 * i + 1], None if dl is None else float(dl))
+        for i, (tid, fid, dl) in enumerate(head)
+    ))
+
+
+def _decode_results(head, blobs) -> Results:
+    rows = head["r"]
+    if len(blobs) != len(rows):
+        raise ProtocolError(f"RESULTS header names {len(rows)} results but {len(blobs)} blobs follow")
+    return Results(tuple(
+        Result(str(tid), str(status), blob, str(error or ""), started, finished)
+        for (tid, status, error, started, finished), blob in zip(rows, blobs)
+    ), free=int(head.get("free", 0)))
+
+
+_DECODERS = {
+    Kind.REGISTER: lambda head, blobs: Register(_info(head)),
+    Kind.REQUEST: lambda head, blobs: Request(int(head["free"]), _info(head)),
+    Kind.TASKS: _decode_tasks,
+    Kind.RESULTS: _decode_results,
+    Kind.CANCEL: lambda head, blobs: Cancel(tuple(str(t) for t in head)),
+    Kind.HEARTBEAT: lambda head, blobs: Heartbeat(int(head.get("busy", 0))),
+    Kind.DISCONNECT: lambda head, blobs: Disconnect(str(head.get("reason", ""))),
+}
