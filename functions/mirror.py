@@ -23,6 +23,9 @@ TASK_KEY = "faas:task:{task_id}"
 FUNCTION_KEY = "faas:function:{function_id}"
 DONE_CHANNEL = "faas:done:{task_id}"  # published once when a task reaches a final state
 CONTROL_CHANNEL = "faas:control"  # JSON commands to dispatchers: cancel a task, drain a worker
+WAKE_CHANNEL = "faas:wake"  # published with every submit, so an idle dispatcher claims at once
+DISPATCHER_KEY = "faas:dispatcher:{consumer}"  # expires when a dispatcher stops refreshing it
+DISPATCHER_TTL = 6  # seconds; a dispatcher silent this long is dead and its entries are reclaimed
 WORKER_KEY = "faas:worker:{identity}"  # a live worker's last known state, for the dashboard
 WORKERS_SET = "faas:workers"
 THROUGHPUT_KEY = "faas:done-per-second"  # sorted set of second -> count, for the dashboard chart
@@ -101,6 +104,8 @@ def enqueue(pipe, tasks: list[QueuedTask], now: float | None = None) -> None:
             "queued_at": repr(now), "attempts": t.attempt - 1,
         })
         pipe.xadd(STREAM, stream_fields(t))
+    if tasks:
+        pipe.publish(WAKE_CHANNEL, len(tasks))
 
 
 def stream_fields(t: QueuedTask) -> dict:
@@ -116,6 +121,14 @@ def parse_stream_fields(fields: dict) -> QueuedTask:
         owner_id=fields.get(b"owner", b"").decode(), arguments=fields[b"arguments"],
         timeout=float(timeout) if timeout else None, attempt=int(fields.get(b"attempt", b"1")),
     )
+
+
+def dispatcher_key(consumer: str) -> str:
+    return DISPATCHER_KEY.format(consumer=consumer)
+
+
+def worker_key(identity: str) -> str:
+    return WORKER_KEY.format(identity=identity)
 
 
 def read_task(r: redis.Redis, task_id) -> dict[str, bytes] | None:

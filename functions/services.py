@@ -7,6 +7,7 @@ and an acknowledged task is both durable and queued.
 
 from __future__ import annotations
 
+import datetime
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from functions import mirror
-from functions.models import Function, Task
+from functions.models import Function, Task, Worker
 from workers import serialization
 from workers.exceptions import WorkerFailureException
 from workers.protocol import TaskStatus
@@ -173,3 +174,62 @@ def task_get(*, owner, task_id) -> Task:
         return Task.objects.select_related("function", "owner").get(id=tid, owner=_owner(owner))
     except Task.DoesNotExist:
         raise NotFound(f"No task with id {tid}.") from None
+
+
+# --- dispatcher-side transitions, applied in batches --------------------------------------
+
+def tasks_mark_running(*, task_ids: list[str], worker_id: int | None, dispatched_at, attempts: int = 1) -> int:
+    """Record that tasks were handed to a worker; never overwrites a final state (a cancel)."""
+    return (Task.objects.filter(id__in=task_ids, status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING])
+            .update(status=TaskStatus.RUNNING, worker_id=worker_id, dispatched_at=dispatched_at, attempts=attempts))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A task's final state as the dispatcher records it."""
+
+    task_id: str
+    status: str
+    result: bytes
+    error: str
+    started_at: object = None  # datetime or None
+    finished_at: object = None
+    worker_id: int | None = None
+    attempts: int = 1
+
+
+def tasks_finish(outcomes: list[Outcome]) -> None:
+    """Write final states in one bulk UPDATE; the Redis script already picked one winner per task."""
+    if not outcomes:
+        return
+    rows = [Task(id=o.task_id, status=o.status, result=o.result, result_size=len(o.result), error=o.error,
+                 started_at=o.started_at, finished_at=o.finished_at or timezone.now(), worker_id=o.worker_id,
+                 attempts=o.attempts) for o in outcomes]
+    Task.objects.bulk_update(rows, ["status", "result", "result_size", "error", "started_at", "finished_at",
+                                    "worker_id", "attempts"], batch_size=200)
+
+
+def function_payloads(function_ids: list[str]) -> dict[str, bytes]:
+    """Payloads straight from the database, for a dispatcher whose Redis lost them."""
+    if not function_ids:
+        return {}
+    rows = Function.objects.filter(id__in=function_ids).values_list("id", "payload")
+    return {str(fid): bytes(payload) for fid, payload in rows}
+
+
+def worker_register(*, identity: str, mode: str, hostname: str, pid: int, processes: int) -> int:
+    """Create or revive a worker's row; returns its id."""
+    worker, _ = Worker.objects.update_or_create(identity=identity, defaults={
+        "mode": mode, "hostname": hostname, "pid": pid, "processes": processes, "busy": 0, "alive": True,
+        "last_heartbeat": timezone.now()})
+    return worker.pk
+
+
+def workers_update(states: dict[int, dict]) -> None:
+    """Apply heartbeat/busy/alive changes, one UPDATE per worker (workers are few)."""
+    for worker_id, state in states.items():
+        fields = dict(state)
+        if "last_heartbeat" in fields and isinstance(fields["last_heartbeat"], float):
+            fields["last_heartbeat"] = datetime.datetime.fromtimestamp(fields["last_heartbeat"], tz=datetime.timezone.utc)
+        fields.pop("hostname", None)
+        Worker.objects.filter(pk=worker_id).update(**fields)

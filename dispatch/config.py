@@ -1,0 +1,72 @@
+"""The dispatcher's configuration: plain values copied once from flags and settings."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass, field
+
+from workers import protocol
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+class ConfigError(ValueError):
+    """Raised when the flags cannot work together (e.g. a public bind without keys)."""
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class DispatcherConfig:
+    mode: str
+    redis_url: str
+    port: int = 7001
+    bind: str = "127.0.0.1"
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)  # local pool size
+    timeout: float | None = None  # default task deadline in seconds; None = no deadline
+    heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL
+    heartbeat_liveness: int = protocol.HEARTBEAT_LIVENESS
+    retries: int = 0  # times a lost task is re-queued before it FAILS
+    insecure: bool = False
+    keys_dir: str | None = None
+    max_result_bytes: int = 16 * 1024 * 1024
+    result_ttl: int = 7 * 24 * 3600
+    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    flush_interval: float = 0.2  # seconds between batched database writes
+    deadline_grace: float = 2.0  # seconds past a deadline before the dispatcher fails a task itself
+    idle_poll: float = 0.5  # seconds between queue checks when nothing wakes the dispatcher
+
+    @property
+    def endpoint(self) -> str:
+        host = f"[{self.bind}]" if ":" in self.bind else self.bind
+        return f"tcp://{host}:{self.port}"
+
+    @property
+    def secure(self) -> bool:
+        """CURVE is on when keys are given, or required off loopback."""
+        return self.keys_dir is not None and not self.insecure
+
+    def validate(self) -> None:
+        if self.mode not in ("local", "pull", "push"):
+            raise ConfigError(f"Unknown mode {self.mode!r}; choose local, pull or push.")
+        if self.workers < 1:
+            raise ConfigError("--workers must be at least 1.")
+        if self.timeout is not None and self.timeout <= 0:
+            raise ConfigError("--timeout must be a positive number of seconds.")
+        if self.retries < 0:
+            raise ConfigError("--retries cannot be negative.")
+        if self.heartbeat_interval <= 0 or self.heartbeat_liveness < 1:
+            raise ConfigError("The heartbeat interval must be positive and the liveness at least 1.")
+        if self.mode != "local" and not is_loopback(self.bind) and not self.insecure and not self.keys_dir:
+            raise ConfigError(
+                f"Binding to {self.bind} exposes code execution to the network: give --keys DIR "
+                "(create one with `python -m workers.security generate DIR`) or pass --insecure.")

@@ -1,0 +1,433 @@
+"""The dispatcher core every mode shares: claim tasks from the Redis stream, hand them to
+a mode, record results, fail or retry lost tasks, write the database in batches.
+
+A mode subclasses `Dispatcher` and fills in the hooks (`setup`, `capacity`, `send`,
+`poll_items`, `on_ready`, `tick`, `cancel_running`, `teardown`). `loop(now)` is one
+iteration, so tests drive it step by step with a fake clock (STYLE C2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import redis
+import zmq
+
+from dispatch.batch import PendingWrites, from_timestamp
+from dispatch.config import DispatcherConfig
+from functions import mirror, services
+from functions.dashboard import DashboardPublisher
+from workers import protocol, serialization
+from workers.exceptions import FunctionFailedException, WorkerFailureException
+from workers.protocol import TaskStatus
+
+log = logging.getLogger(__name__)
+
+RECLAIM_INTERVAL = 2.0  # seconds between checks for entries held by dead dispatchers
+WORKER_FLUSH_INTERVAL = 1.0  # seconds between writes of worker heartbeats to the database
+FUNCTION_CACHE_BYTES = 64 * 1024 * 1024  # function payloads kept in memory
+
+
+class FunctionCache:
+    """Function payloads by id, least recently used dropped past a byte budget."""
+
+    def __init__(self, budget: int = FUNCTION_CACHE_BYTES):
+        self.budget = budget
+        self.size = 0
+        self.items: OrderedDict[str, bytes] = OrderedDict()
+
+    def get(self, function_id: str) -> bytes | None:
+        data = self.items.get(function_id)
+        if data is not None:
+            self.items.move_to_end(function_id)
+        return data
+
+    def put(self, function_id: str, data: bytes) -> None:
+        if function_id in self.items:
+            return
+        self.items[function_id] = data
+        self.size += len(data)
+        while self.size > self.budget and len(self.items) > 1:
+            _, dropped = self.items.popitem(last=False)
+            self.size -= len(dropped)
+
+
+@dataclass
+class InFlight:
+    """A task this dispatcher claimed and has not yet seen finish."""
+
+    queued: mirror.QueuedTask
+    entry_id: bytes
+    worker: str | None = None  # identity of the worker holding it
+    deadline: float | None = None  # monotonic; the dispatcher's own backstop
+
+
+class Dispatcher:
+    mode = "base"
+
+    def __init__(self, config: DispatcherConfig, clock=time.monotonic):
+        self.config = config
+        self.clock = clock
+        self.in_flight: dict[str, InFlight] = {}
+        self.functions = FunctionCache()
+        self.writes = PendingWrites()
+        self.worker_ids: dict[str, int] = {}  # identity -> Worker row id
+        self.worker_dirty: dict[str, dict] = {}
+        self.stopping = False  # first signal: drain
+        self.stopped = False  # second signal, or drained: leave the loop
+        self.backlog = True  # the stream may hold entries we have not claimed
+        self.next_claim_check = 0.0
+        self.next_flush = 0.0
+        self.next_worker_flush = 0.0
+        self.next_reclaim = 0.0
+        self.redis: redis.Redis | None = None
+        self.pubsub = None
+        self.publisher = DashboardPublisher()
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until stopped by a signal: the first drains, a second stops at once."""
+        self._install_signals()
+        self.initialize()
+        try:
+            while not self.stopped:
+                self.loop(self.clock())
+        finally:
+            self.shutdown()
+
+    def initialize(self) -> None:
+        self.redis = redis.Redis.from_url(self.config.redis_url, socket_keepalive=True)
+        mirror.ensure_group(self.redis)
+        self.start_script, self.finish_script = mirror.register_scripts(self.redis)
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(mirror.WAKE_CHANNEL, mirror.CONTROL_CHANNEL)
+        self.refresh_liveness()
+        self.setup()
+        log.info("%s dispatcher %s ready (redis %s)", self.mode, self.config.consumer, self.config.redis_url)
+
+    def shutdown(self) -> None:
+        """Fail what is still held (a cold stop), flush, and close everything."""
+        if self.in_flight:
+            self.lose(list(self.in_flight), "dispatcher stopped before the task finished", retry=True)
+        try:
+            self.teardown()
+        finally:
+            self.flush(self.clock(), force=True)
+            self.redis.delete(mirror.dispatcher_key(self.config.consumer))
+            self.redis.xgroup_delconsumer(mirror.STREAM, mirror.GROUP, self.config.consumer)
+            self.pubsub.close()
+            self.redis.close()
+            log.info("%s dispatcher %s stopped", self.mode, self.config.consumer)
+
+    def _install_signals(self) -> None:
+        def handler(signum, frame):  # only set flags: the loop acts (logging here is unsafe)
+            if self.stopping:
+                self.stopped = True
+            self.stopping = True
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    # --- one iteration -------------------------------------------------------------------
+
+    def loop(self, now: float) -> None:
+        self.read_control()
+        if self.stopping and not self.in_flight:
+            self.stopped = True
+            return
+        if not self.stopping:
+            self.claim(now)
+        ready = self.wait(self.poll_timeout(now))
+        now = self.clock()
+        if ready:
+            self.on_ready(ready, now)
+        self.tick(now)
+        self.expire_deadlines(now)
+        if now >= self.next_reclaim:
+            self.next_reclaim = now + RECLAIM_INTERVAL
+            self.refresh_liveness()
+            self.reclaim_from_dead_dispatchers()
+        self.flush(now)
+
+    def poll_timeout(self, now: float) -> float:
+        """How long to wait for worker events before the next piece of periodic work."""
+        wake_at = min(self.next_flush if len(self.writes) else now + 1.0, now + self.config.idle_poll,
+                      self.next_tick(now))
+        if self.capacity() > 0 and self.backlog:
+            return 0.0
+        return max(0.0, wake_at - now)
+
+    def wait(self, timeout: float) -> set:
+        poller = zmq.Poller()
+        items = self.poll_items()
+        for item in items:
+            poller.register(item, zmq.POLLIN)
+        if self.pubsub is not None:
+            poller.register(self.pubsub.connection._sock, zmq.POLLIN)
+        events = dict(poller.poll(int(timeout * 1000)))
+        return {item for item in items if item in events}
+
+    # --- the queue -----------------------------------------------------------------------
+
+    def read_control(self) -> None:
+        """Handle wake-ups and operator commands that arrived on the pub/sub connection."""
+        while True:
+            message = self.pubsub.get_message(timeout=0.0)
+            if message is None:
+                return
+            if message["channel"] == mirror.WAKE_CHANNEL.encode():
+                self.backlog = True
+                continue
+            try:
+                command = json.loads(message["data"])
+            except (ValueError, TypeError):
+                log.warning("ignored malformed control message %r", message["data"][:200])
+                continue
+            self.on_control(command)
+
+    def on_control(self, command: dict) -> None:
+        if command.get("command") == "cancel":
+            flight = self.in_flight.get(command.get("task_id", ""))
+            if flight is not None:
+                self.cancel_running(flight.queued.task_id, flight.worker)
+        elif command.get("command") == "drain":
+            self.drain_worker(command.get("identity", ""))
+
+    def claim(self, now: float) -> None:
+        """Take as many queued tasks as there are free places to run them."""
+        free = self.capacity()
+        if free <= 0 or not (self.backlog or now >= self.next_claim_check):
+            return
+        self.next_claim_check = now + self.config.idle_poll
+        response = self.redis.xreadgroup(mirror.GROUP, self.config.consumer, {mirror.STREAM: ">"}, count=free)
+        entries = response[0][1] if response else []
+        self.backlog = len(entries) >= free
+        if entries:
+            self.start(entries, now)
+
+    def start(self, entries: list, now: float) -> None:
+        queued = [(entry_id, mirror.parse_stream_fields(fields)) for entry_id, fields in entries]
+        payloads = self.function_payloads({q.function_id for _, q in queued})
+        pipe = self.redis.pipeline(transaction=False)
+        wall = time.time()
+        for _, q in queued:
+            mirror.start(self.start_script, pipe, q.task_id, dispatched_at=repr(wall), attempts=q.attempt)
+        started = pipe.execute()
+        tasks, dropped = [], []
+        for (entry_id, q), ok in zip(queued, started):
+            if not ok:  # cancelled while queued: never runs
+                dropped.append(entry_id)
+                continue
+            timeout = q.timeout if q.timeout is not None else self.config.timeout
+            self.in_flight[q.task_id] = InFlight(q, entry_id, deadline=None if timeout is None
+                                                 else now + timeout + self.config.deadline_grace)
+            function = payloads.get(q.function_id)
+            if function is None:
+                self.fail(q.task_id, FunctionFailedException(f"function {q.function_id} no longer exists"))
+                continue
+            tasks.append(protocol.Task(q.task_id, q.function_id, function, q.arguments, timeout))
+        if dropped:
+            self.redis.pipeline(transaction=False).xack(mirror.STREAM, mirror.GROUP, *dropped).xdel(
+                mirror.STREAM, *dropped).execute()
+        if tasks:
+            self.hand_out(tasks, wall)
+
+    def hand_out(self, tasks: list[protocol.Task], wall: float) -> None:
+        for task_id, identity in self.send(tasks).items():
+            flight = self.in_flight.get(task_id)
+            if flight is None:
+                continue
+            flight.worker = identity
+            self.writes.mark_running(task_id, self.worker_ids.get(identity), flight.queued.attempt, wall)
+            self.publisher.task(task_id, TaskStatus.RUNNING.value)
+
+    def function_payloads(self, function_ids: set[str]) -> dict[str, bytes]:
+        """Payloads from memory, then Redis, then (once per function) the database."""
+        found = {fid: data for fid in function_ids if (data := self.functions.get(fid)) is not None}
+        missing = sorted(function_ids - found.keys())
+        if missing:
+            pipe = self.redis.pipeline(transaction=False)
+            for fid in missing:
+                pipe.hget(mirror.function_key(fid), "payload")
+            for fid, data in zip(missing, pipe.execute()):
+                if data is not None:
+                    found[fid] = data
+            found.update(services.function_payloads([f for f in missing if f not in found]))
+            for fid in missing:
+                if fid in found:
+                    self.functions.put(fid, found[fid])
+        return found
+
+    # --- outcomes ------------------------------------------------------------------------
+
+    def complete(self, results: list[protocol.Result]) -> None:
+        """Record results from a worker; a result for a task no longer held is ignored."""
+        finished = [(self.in_flight.pop(r.task_id), r) for r in results if r.task_id in self.in_flight]
+        if finished:
+            self.store(finished)
+
+    def fail(self, task_id: str, exc: Exception, error: str | None = None) -> None:
+        flight = self.in_flight.pop(task_id, None)
+        if flight is None:
+            return
+        result = protocol.Result(task_id, TaskStatus.FAILED.value, serialization.dumps(exc),
+                                 error or f"{type(exc).__name__}: {exc}", None, time.time())
+        self.store([(flight, result)])
+
+    def lose(self, task_ids: list[str], reason: str, retry: bool = True) -> None:
+        """Tasks whose worker died, went silent or overran: re-queue while retries remain, else FAIL."""
+        requeue = [self.in_flight.pop(t) for t in task_ids
+                   if retry and t in self.in_flight and self.in_flight[t].queued.attempt <= self.config.retries]
+        for task_id in task_ids:
+            self.fail(task_id, WorkerFailureException(reason))
+        if requeue:
+            pipe = self.redis.pipeline(transaction=True)
+            for flight in requeue:
+                q = flight.queued
+                again = mirror.QueuedTask(q.task_id, q.function_id, q.owner_id, q.arguments, q.timeout, q.attempt + 1)
+                pipe.hset(mirror.task_key(q.task_id), mapping={"status": TaskStatus.QUEUED.value})
+                pipe.xadd(mirror.STREAM, mirror.stream_fields(again))
+                pipe.xack(mirror.STREAM, mirror.GROUP, flight.entry_id)
+                pipe.xdel(mirror.STREAM, flight.entry_id)
+            pipe.execute()
+            self.backlog = True
+            log.warning("re-queued %d task(s): %s", len(requeue), reason)
+
+    def store(self, finished: list[tuple[InFlight, protocol.Result]]) -> None:
+        """Final states to Redis now (one pipeline), to the database at the next flush."""
+        pipe = self.redis.pipeline(transaction=False)
+        stored_at = repr(time.time())
+        for flight, r in finished:
+            mirror.finish(self.finish_script, pipe, r.task_id, r.status, r.result, r.error, self.config.result_ttl,
+                          started_at=repr(r.started_at or 0.0), finished_at=repr(r.finished_at or 0.0),
+                          stored_at=stored_at)
+        entry_ids = [flight.entry_id for flight, _ in finished]
+        pipe.xack(mirror.STREAM, mirror.GROUP, *entry_ids)
+        pipe.xdel(mirror.STREAM, *entry_ids)
+        won = pipe.execute()[: len(finished)]
+        for (flight, r), first in zip(finished, won):
+            if not first:
+                continue  # someone (a cancel) already gave this task its final state
+            self.writes.finish(services.Outcome(
+                r.task_id, r.status, r.result, r.error, from_timestamp(r.started_at), from_timestamp(r.finished_at),
+                self.worker_ids.get(flight.worker), flight.queued.attempt))
+            self.publisher.task(r.task_id, r.status)
+
+    def expire_deadlines(self, now: float) -> None:
+        """The dispatcher's backstop: a task far past its deadline is lost (a dead pull worker)."""
+        overdue = [t for t, f in self.in_flight.items() if f.deadline is not None and now >= f.deadline]
+        for task_id in overdue:
+            timeout = self.in_flight[task_id].queued.timeout or self.config.timeout
+            self.on_overdue(task_id, self.in_flight[task_id].worker)
+            self.lose([task_id], f"timed out after {timeout:g} s")
+
+    # --- recovery ------------------------------------------------------------------------
+
+    def refresh_liveness(self) -> None:
+        self.redis.set(mirror.dispatcher_key(self.config.consumer), self.mode, ex=mirror.DISPATCHER_TTL)
+
+    def reclaim_from_dead_dispatchers(self) -> None:
+        """Take over stream entries held by dispatchers whose liveness key expired."""
+        for consumer in self.redis.xinfo_consumers(mirror.STREAM, mirror.GROUP):
+            name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
+            if name == self.config.consumer or self.redis.exists(mirror.dispatcher_key(name)):
+                continue
+            pending = self.redis.xpending_range(mirror.STREAM, mirror.GROUP, "-", "+", 1000, consumername=name)
+            if not pending:
+                self.redis.xgroup_delconsumer(mirror.STREAM, mirror.GROUP, name)
+                continue
+            ids = [p["message_id"] for p in pending]
+            claimed = [e for e in self.redis.xclaim(mirror.STREAM, mirror.GROUP, self.config.consumer, 0, ids)
+                       if e[1]]
+            log.warning("reclaimed %d task(s) from dead dispatcher %s", len(claimed), name)
+            self.recover(claimed)
+
+    def recover(self, entries: list) -> None:
+        """Reclaimed entries: never started ones run now; ones that were running count as lost."""
+        statuses = [mirror.read_task(self.redis, mirror.parse_stream_fields(f).task_id) or {} for _, f in entries]
+        fresh, lost = [], []
+        for entry, data in zip(entries, statuses):
+            status = data.get("status", b"QUEUED").decode()
+            if status == TaskStatus.QUEUED.value:
+                fresh.append(entry)
+            elif status == TaskStatus.RUNNING.value:
+                q = mirror.parse_stream_fields(entry[1])
+                self.in_flight[q.task_id] = InFlight(q, entry[0])
+                lost.append(q.task_id)
+            else:  # already final: just forget the entry
+                self.redis.pipeline().xack(mirror.STREAM, mirror.GROUP, entry[0]).xdel(mirror.STREAM, entry[0]).execute()
+        if lost:
+            self.lose(lost, "dispatcher died while the task was running")
+        if fresh:
+            self.start(fresh, self.clock())
+
+    # --- workers -------------------------------------------------------------------------
+
+    def worker_seen(self, identity: str, info: protocol.WorkerInfo, busy: int = 0) -> None:
+        """A worker registered (or re-registered): make sure the database lists it."""
+        self.worker_ids[identity] = services.worker_register(
+            identity=identity, mode=self.mode, hostname=info.hostname, pid=info.pid, processes=info.processes)
+        self.publisher.worker(identity, mode=self.mode, processes=info.processes, busy=busy, alive=True,
+                              hostname=info.hostname)
+
+    def worker_state(self, identity: str, **state) -> None:
+        """Heartbeat/busy/alive changes, written at most once a second."""
+        self.worker_dirty.setdefault(identity, {}).update(state)
+        self.publisher.worker(identity, **state)
+
+    def drain_worker(self, identity: str) -> None:
+        """Default: nothing to drain; modes with remote workers override."""
+
+    # --- writes --------------------------------------------------------------------------
+
+    def flush(self, now: float, force: bool = False) -> None:
+        if force or (len(self.writes) and now >= self.next_flush):
+            self.next_flush = now + self.config.flush_interval
+            self.writes.flush()
+        if self.worker_dirty and (force or now >= self.next_worker_flush):
+            self.next_worker_flush = now + WORKER_FLUSH_INTERVAL
+            services.workers_update({self.worker_ids[i]: s for i, s in self.worker_dirty.items()
+                                     if i in self.worker_ids})
+            self.worker_dirty.clear()
+        self.publisher.flush(now, force=force)
+
+    # --- hooks for modes -----------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Open sockets or start the pool."""
+
+    def teardown(self) -> None:
+        """Close sockets or stop the pool."""
+
+    def capacity(self) -> int:
+        """Free places to run a task right now."""
+        raise NotImplementedError
+
+    def send(self, tasks: list[protocol.Task]) -> dict[str, str]:
+        """Hand tasks to workers; return task_id -> identity of the worker holding each."""
+        raise NotImplementedError
+
+    def poll_items(self) -> list:
+        """Sockets and file descriptors to wait on."""
+        return []
+
+    def on_ready(self, ready: set, now: float) -> None:
+        """Read the ready items; call complete(), lose(), worker_seen()."""
+
+    def tick(self, now: float) -> None:
+        """Periodic work: heartbeats, worker expiry."""
+
+    def next_tick(self, now: float) -> float:
+        return now + 1.0
+
+    def cancel_running(self, task_id: str, identity: str | None) -> None:
+        """Stop the process running a cancelled task."""
+
+    def on_overdue(self, task_id: str, identity: str | None) -> None:
+        """A task passed the dispatcher's backstop deadline; modes may stop its process."""

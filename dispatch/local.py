@@ -1,0 +1,59 @@
+"""Local mode: a pool of worker processes inside the dispatcher."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+from dispatch.core import Dispatcher
+from workers import protocol
+from workers.pool import ProcessPool
+
+
+class LocalDispatcher(Dispatcher):
+    mode = "local"
+
+    def setup(self) -> None:
+        self.pool = ProcessPool(self.config.workers, max_result_bytes=self.config.max_result_bytes)
+        self.pool.start()
+        self.identity = f"local-{socket.gethostname()}-{os.getpid()}"
+        self.worker_seen(self.identity, protocol.WorkerInfo(self.config.workers, socket.gethostname(), os.getpid()))
+
+    def teardown(self) -> None:
+        self.pool.close()
+        self.worker_state(self.identity, alive=False, busy=0)
+
+    def capacity(self) -> int:
+        return self.pool.free
+
+    def send(self, tasks: list[protocol.Task]) -> dict[str, str]:
+        for task in tasks:
+            self.pool.submit(task)
+        self.worker_state(self.identity, busy=self.pool.busy)
+        return {task.task_id: self.identity for task in tasks}
+
+    def poll_items(self) -> list:
+        return self.pool.fds()
+
+    def on_ready(self, ready: set, now: float) -> None:
+        self.collect()
+
+    def tick(self, now: float) -> None:
+        if self.pool.next_deadline() is not None:
+            self.collect()
+
+    def collect(self) -> None:
+        results = self.pool.collect()
+        if results:
+            self.complete(results)
+            self.worker_state(self.identity, busy=self.pool.busy)
+
+    def next_tick(self, now: float) -> float:
+        deadline = self.pool.next_deadline()
+        return now + 1.0 if deadline is None else min(now + 1.0, deadline)
+
+    def cancel_running(self, task_id: str, identity: str | None) -> None:
+        self.pool.cancel(task_id)
+
+    def on_overdue(self, task_id: str, identity: str | None) -> None:
+        self.pool.cancel(task_id)

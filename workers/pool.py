@@ -1,0 +1,423 @@
+"""The process pool that the local dispatcher mode and both worker programs share.
+
+N long-lived children each run one task at a time, so the parent always knows which
+task each process holds. The parent enforces deadlines by killing the child's process
+group, turns every death into a FAILED result naming the cause, and starts a
+replacement. Not thread-safe: one loop owns a pool. Standard library and dill only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import math
+import multiprocessing
+import os
+import select
+import signal
+import struct
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from workers import execution
+from workers.exceptions import ProtocolError, WorkerFailureException
+from workers.protocol import Result, Task, TaskStatus
+from workers.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
+
+log = logging.getLogger(__name__)
+
+# spawn, not fork: the parent may hold Redis/ZeroMQ/database connections and threads
+# (heartbeats, the Channels publisher); a forked child would share those sockets and could
+# inherit locks held by other threads. A spawned child is a fresh interpreter and
+# inherits none of it.
+_CTX = multiprocessing.get_context("spawn")
+
+BOOT_TIMEOUT = 30.0  # seconds a new child may take to report ready before it is killed
+KILL_GRACE = 5.0  # seconds a SIGKILLed child may take to exit before it is given up on
+REAP_TIMEOUT = 1.0  # seconds to wait for the exit status of a child seen exiting
+RESTART_BACKOFF_MAX = 5.0  # ceiling on the delay between restarts of children that die while booting
+
+# Parent <-> child frames. struct, not pickle, in the child-to-parent direction: the child
+# runs user code, and the parent (the dispatcher, in local mode) must never unpickle
+# anything that code could have written.
+_TASK_HEAD = struct.Struct("!HHIIQ")  # lengths: task id, function id, function, arguments; result cap
+_RESULT_HEAD = struct.Struct("!cddI")  # status, started_at, finished_at (NaN for None), error length
+_READY = b"R"  # child -> parent, once, when it can take a task
+_STATUS_BYTES = {TaskStatus.COMPLETED.value: b"C", TaskStatus.FAILED.value: b"F"}
+_BYTES_STATUS = {v: k for k, v in _STATUS_BYTES.items()}
+
+
+@dataclass(eq=False)
+class Slot:
+    """One child process and what it is doing."""
+
+    process: BaseProcess
+    conn: Connection  # duplex pipe to the child
+    pid: int
+    death_fd: int  # readable once the child has exited
+    owns_death_fd: bool  # a pidfd we must close (the fallback, process.sentinel, is not ours)
+    ready: bool = False  # the child reported it can take a task
+    task_id: str | None = None
+    started: float = 0.0  # monotonic, when the task (or the boot) began
+    started_wall: float | None = None  # wall clock, for the FAILED result of a killed task
+    deadline: float | None = None  # monotonic; task deadline, boot timeout or kill grace
+    deadline_s: float | None = None
+    killed: bool = False  # SIGKILL sent; waiting for the exit
+    kill_reason: str | None = None  # overrides the exit status in the failure message
+
+
+class ProcessPool:
+    """N spawned children, each running one task at a time; see the module docstring."""
+
+    def __init__(self, size: int, *, max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
+        if size < 1:
+            raise ValueError("a pool needs at least one process")
+        self._size = size
+        self._max_result_bytes = max_result_bytes
+        self._slots: list[Slot] = []
+        self._by_task: dict[str, Slot] = {}
+        self._by_fd: dict[int, tuple[Slot, bool]] = {}  # fd -> (slot, is the pipe)
+        self._poller = select.poll()
+        self._pending: list[Result] = []  # failures decided outside collect()
+        self._dying: list[BaseProcess] = []  # given up on after SIGKILL; reaped when they go
+        self._restart_at = 0.0
+        self._boot_failures = 0
+        self._started = self._closed = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self, timeout: float = BOOT_TIMEOUT) -> None:
+        """Start the children and wait until they are ready, so the first submit() finds them free."""
+        if self._started:
+            raise RuntimeError("the pool is already started")
+        self._started = True
+        atexit.register(self.close)  # runs before multiprocessing's own exit hook joins children
+        for _ in range(self._size):
+            self._spawn()
+        end = time.monotonic() + timeout
+        while self.free < self._size and (left := end - time.monotonic()) > 0:
+            self._pending.extend(self.poll(min(left, 0.5)))
+        if self.free == 0:
+            self.close()
+            raise RuntimeError(f"no pool process became ready within {timeout:g} s")
+        if self.free < self._size:
+            log.warning("only %d of %d pool processes ready after %g s", self.free, self._size, timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Kill every child's process group and join them. Tasks still held are dropped."""
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        for slot in self._slots:
+            _kill_group(slot.pid)
+        end = time.monotonic() + timeout
+        for process in [slot.process for slot in self._slots] + self._dying:
+            process.join(max(0.0, end - time.monotonic()))
+            if process.exitcode is None:
+                log.error("pool process %s did not exit within %g s of SIGKILL", process.pid, timeout)
+        for slot in list(self._slots):
+            self._forget(slot)
+        self._dying.clear()
+        self._by_task.clear()
+
+    def __enter__(self) -> ProcessPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- state -----------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._size
+
+    @property
+    def free(self) -> int:
+        """Children that are alive, ready and idle: how many tasks submit() accepts now."""
+        return sum(1 for s in self._slots if s.ready and s.task_id is None and not s.killed)
+
+    @property
+    def busy(self) -> int:
+        return len(self._by_task)
+
+    def holding(self) -> list[str]:
+        """Ids of the tasks in flight, including those whose process is being killed."""
+        return list(self._by_task)
+
+    def pids(self) -> list[int]:
+        return [slot.pid for slot in self._slots]
+
+    def pid_of(self, task_id: str) -> int | None:
+        slot = self._by_task.get(task_id)
+        return slot.pid if slot else None
+
+    def fds(self) -> list[int]:
+        """Descriptors that become readable when collect() has work; they change whenever a
+        child is replaced, so re-read them after each collect()."""
+        return list(self._by_fd)
+
+    def next_deadline(self) -> float | None:
+        """The monotonic time by which collect() must run again, or None if nothing is timed."""
+        if self._pending:
+            return time.monotonic()
+        times = [s.deadline for s in self._slots if s.deadline is not None]
+        if len(self._slots) < self._size and not self._closed:
+            times.append(self._restart_at)
+        return min(times, default=None)
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def submit(self, task: Task) -> None:
+        """Hand `task` to an idle child; raises RuntimeError when none is free."""
+        if self._closed or not self._started:
+            raise RuntimeError("the pool is not running")
+        if task.task_id in self._by_task:
+            raise ValueError(f"task {task.task_id} is already running in this pool")
+        slot = next((s for s in self._slots if s.ready and s.task_id is None and not s.killed), None)
+        if slot is None:
+            raise RuntimeError("no free process in the pool")
+        frame = _encode_task(task, self._max_result_bytes)
+        slot.task_id, slot.deadline_s = task.task_id, task.deadline_s
+        slot.started, slot.started_wall = time.monotonic(), time.time()
+        slot.deadline = None if task.deadline_s is None else slot.started + task.deadline_s
+        self._by_task[task.task_id] = slot
+        try:
+            slot.conn.send_bytes(frame)
+        except OSError as exc:  # the child died while idle; collect() reports the task
+            log.warning("pool process %d: sending task %s failed: %s", slot.pid, task.task_id, exc)
+            self._kill(slot, None)
+
+    def cancel(self, task_id: str) -> bool:
+        """Kill the process running `task_id`; its FAILED result comes from a later collect()."""
+        slot = self._by_task.get(task_id)
+        if slot is None or slot.killed:
+            return False
+        log.info("pool process %d: cancelling task %s", slot.pid, task_id)
+        self._kill(slot, "cancelled")
+        return True
+
+    def collect(self) -> list[Result]:
+        """Without blocking: gather results, reap dead children, enforce deadlines, refill."""
+        return self._collect(self._poller.poll(0))
+
+    def poll(self, timeout: float) -> list[Result]:
+        """Wait up to `timeout` seconds (less if a deadline falls sooner) for results, then collect."""
+        if self._pending or self._closed:
+            return self.collect()
+        due = self.next_deadline()
+        if due is not None:
+            timeout = min(timeout, due - time.monotonic())
+        return self._collect(self._poller.poll(max(0, math.ceil(timeout * 1000))))
+
+    # -- the parent's side of each child ---------------------------------------------
+
+    def _collect(self, events: list[tuple[int, int]]) -> list[Result]:
+        results, self._pending = self._pending, []
+        if self._closed:
+            return results
+        pipes: list[Slot] = []
+        exits: list[Slot] = []
+        for fd, _ in events:
+            if (entry := self._by_fd.get(fd)) is not None:
+                (pipes if entry[1] else exits).append(entry[0])
+        for slot in pipes:  # results before deaths: a child may have answered just before it died
+            if not slot.killed:
+                self._receive(slot, results)
+        for slot in exits:
+            if not slot.killed and slot.conn.poll(0):
+                self._receive(slot, results)
+            self._retire(slot, results)
+        self._enforce_deadlines(time.monotonic(), results)
+        self._refill()
+        return results
+
+    def _receive(self, slot: Slot, results: list[Result]) -> None:
+        """Read the one message a child sends at a time: READY once, then one result per task."""
+        try:
+            frame = slot.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._kill(slot, None)  # pipe broke: the child is gone or going; the exit status says why
+            return
+        if not slot.ready and frame == _READY:
+            slot.ready, slot.deadline, self._boot_failures = True, None, 0
+            return
+        try:
+            if slot.task_id is None:
+                raise ProtocolError("message while holding no task")
+            outcome = _decode_outcome(frame)
+        except ProtocolError as exc:
+            log.error("pool process %d sent a malformed message (%s); killing it", slot.pid, exc)
+            self._kill(slot, "process sent a malformed message")
+            return
+        results.append(outcome.to_result(slot.task_id))
+        del self._by_task[slot.task_id]
+        slot.task_id = slot.deadline = slot.deadline_s = None
+
+    def _enforce_deadlines(self, now: float, results: list[Result]) -> None:
+        for slot in [s for s in self._slots if s.deadline is not None and s.deadline <= now]:
+            if slot.killed:
+                log.error("pool process %d did not exit within %g s of SIGKILL; abandoning it", slot.pid, KILL_GRACE)
+                self._retire(slot, results, wait=0.0)
+            elif not slot.ready:
+                self._kill(slot, f"process did not start within {BOOT_TIMEOUT:g} s")
+            else:
+                log.warning("pool process %d: task %s timed out after %g s; killing it",
+                            slot.pid, slot.task_id, slot.deadline_s)
+                self._kill(slot, f"timed out after {slot.deadline_s:g} s")
+
+    def _kill(self, slot: Slot, reason: str | None) -> None:
+        """SIGKILL the child's group; collect() retires the slot once the exit is seen."""
+        if slot.killed:
+            return
+        slot.killed, slot.kill_reason = True, reason
+        slot.deadline = time.monotonic() + KILL_GRACE
+        self._unregister(slot.conn.fileno())  # an EOF pipe would otherwise wake every poll
+        _kill_group(slot.pid)
+
+    def _retire(self, slot: Slot, results: list[Result], wait: float = REAP_TIMEOUT) -> None:
+        """The child has exited (or is abandoned): fail what it held, reap it, forget it."""
+        _kill_group(slot.pid)  # grandchildren may outlive it; its unreaped exit keeps the group id ours
+        slot.process.join(wait)
+        reason = slot.kill_reason or _exit_reason(slot.process.exitcode)
+        if slot.process.exitcode is None:
+            self._dying.append(slot.process)
+        self._forget(slot)
+        if slot.task_id is not None:
+            log.warning("pool process %d (task %s): %s; starting a replacement", slot.pid, slot.task_id, reason)
+            results.append(_failure(slot, reason))
+            del self._by_task[slot.task_id]
+        elif not slot.ready:
+            self._boot_failures += 1
+            delay = min(0.1 * 2 ** self._boot_failures, RESTART_BACKOFF_MAX)
+            self._restart_at = time.monotonic() + delay
+            log.error("pool process %d died while starting (%s); retrying in %.1f s", slot.pid, reason, delay)
+        else:
+            log.warning("idle pool process %d: %s; starting a replacement", slot.pid, reason)
+
+    def _refill(self) -> None:
+        self._dying = [p for p in self._dying if p.exitcode is None]
+        if len(self._slots) < self._size and time.monotonic() >= self._restart_at:
+            for _ in range(self._size - len(self._slots)):
+                self._spawn()
+
+    def _spawn(self) -> None:
+        parent_conn, child_conn = _CTX.Pipe(duplex=True)
+        process = _CTX.Process(target=_child_main, args=(child_conn,), name="faas-pool")
+        process.start()
+        child_conn.close()
+        death_fd, owned = _death_fd(process)
+        slot = Slot(process, parent_conn, process.pid, death_fd, owned, started=time.monotonic())
+        slot.deadline = slot.started + BOOT_TIMEOUT
+        self._slots.append(slot)
+        for fd, is_pipe in ((parent_conn.fileno(), True), (death_fd, False)):
+            self._by_fd[fd] = (slot, is_pipe)
+            self._poller.register(fd, select.POLLIN)
+
+    def _unregister(self, fd: int) -> None:
+        if self._by_fd.pop(fd, None) is not None:
+            self._poller.unregister(fd)
+
+    def _forget(self, slot: Slot) -> None:
+        """Drop the slot and release its descriptors (unregistered first: fd numbers are reused)."""
+        if not slot.conn.closed:
+            self._unregister(slot.conn.fileno())
+            slot.conn.close()
+        self._unregister(slot.death_fd)
+        if slot.owns_death_fd:
+            os.close(slot.death_fd)
+        if slot.process.exitcode is not None:
+            slot.process.close()
+        self._slots.remove(slot)
+
+
+def _failure(slot: Slot, reason: str) -> Result:
+    exc = WorkerFailureException(reason)
+    return Result(slot.task_id, TaskStatus.FAILED.value, dumps(exc), f"WorkerFailureException: {reason}",
+                  slot.started_wall, time.time())
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "process did not exit after SIGKILL"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"process killed by signal {name} ({code})"
+    return f"process exited with code {code}"
+
+
+def _kill_group(pid: int) -> None:
+    """SIGKILL the child's process group and the child itself (it may not have called setsid yet)."""
+    for kill, target in ((os.killpg, pid), (os.kill, pid)):
+        try:
+            kill(target, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _death_fd(process: BaseProcess) -> tuple[int, bool]:
+    """A descriptor readable once the child exits. A pidfd where the OS has one, because
+    process.sentinel stays open while any grandchild that inherited it lives on."""
+    try:
+        return os.pidfd_open(process.pid), True
+    except (AttributeError, OSError):
+        return process.sentinel, False
+
+
+def _encode_task(task: Task, max_result_bytes: int) -> bytes:
+    task_id, function_id = task.task_id.encode(), (task.function_id or "").encode()
+    head = _TASK_HEAD.pack(len(task_id), len(function_id), len(task.function), len(task.arguments), max_result_bytes)
+    return b"".join((head, task_id, function_id, task.function, task.arguments))
+
+
+def _decode_task(frame: bytes) -> tuple[str, str, bytes, bytes, int]:
+    lengths = _TASK_HEAD.unpack_from(frame)
+    fields, at = [], _TASK_HEAD.size
+    for n in lengths[:4]:
+        fields.append(frame[at:at + n])
+        at += n
+    return fields[0].decode(), fields[1].decode(), fields[2], fields[3], lengths[4]
+
+
+def _encode_outcome(outcome: execution.Outcome) -> bytes:
+    error = outcome.error.encode("utf-8", "replace")
+    started = math.nan if outcome.started_at is None else outcome.started_at
+    finished = math.nan if outcome.finished_at is None else outcome.finished_at
+    head = _RESULT_HEAD.pack(_STATUS_BYTES[outcome.status], started, finished, len(error))
+    return b"".join((head, error, outcome.result))
+
+
+def _decode_outcome(frame: bytes) -> execution.Outcome:
+    """Parse a child's result frame; it is untrusted, so check every length."""
+    if len(frame) < _RESULT_HEAD.size:
+        raise ProtocolError(f"result frame of {len(frame)} bytes")
+    status, started, finished, error_len = _RESULT_HEAD.unpack_from(frame)
+    at = _RESULT_HEAD.size
+    if status not in _BYTES_STATUS or error_len > len(frame) - at:
+        raise ProtocolError("bad result header")
+    error = frame[at:at + error_len].decode("utf-8", "replace")
+    return execution.Outcome(_BYTES_STATUS[status], frame[at + error_len:], error,
+                             None if math.isnan(started) else started, None if math.isnan(finished) else finished)
+
+
+def _child_main(conn: Connection) -> None:
+    """A child's whole life: own session, then recv task -> run_call -> send result, forever."""
+    os.setsid()  # own process group, so the parent's killpg also takes any grandchildren
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which decides
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    cache: dict = {}
+    try:
+        conn.send_bytes(_READY)
+        while True:
+            task_id, function_id, function, arguments, max_result_bytes = _decode_task(conn.recv_bytes())
+            outcome = execution.run_call(function, arguments, max_result_bytes, cache, function_id=function_id or None)
+            conn.send_bytes(_encode_outcome(outcome))
+    except (EOFError, OSError):
+        return  # the parent closed the pipe or went away: nothing left to serve
