@@ -153,6 +153,7 @@ class Dispatcher:
             self.next_reclaim = now + RECLAIM_INTERVAL
             self.refresh_liveness()
             self.reclaim_from_dead_dispatchers()
+            mirror.trim_throughput(self.redis)
         self.flush(now)
 
     def poll_timeout(self, now: float) -> float:
@@ -310,6 +311,7 @@ class Dispatcher:
         entry_ids = [flight.entry_id for flight, _ in finished]
         pipe.xack(mirror.STREAM, mirror.GROUP, *entry_ids)
         pipe.xdel(mirror.STREAM, *entry_ids)
+        pipe.hincrby(mirror.THROUGHPUT_KEY, str(int(time.time())), len(finished))
         won = pipe.execute()[: len(finished)]
         for (flight, r), first in zip(finished, won):
             if not first:

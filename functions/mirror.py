@@ -28,7 +28,8 @@ DISPATCHER_KEY = "faas:dispatcher:{consumer}"  # expires when a dispatcher stops
 DISPATCHER_TTL = 6  # seconds; a dispatcher silent this long is dead and its entries are reclaimed
 WORKER_KEY = "faas:worker:{identity}"  # a live worker's last known state, for the dashboard
 WORKERS_SET = "faas:workers"
-THROUGHPUT_KEY = "faas:done-per-second"  # sorted set of second -> count, for the dashboard chart
+THROUGHPUT_KEY = "faas:done-per-second"  # hash: unix second -> tasks finished, for the dashboard chart
+THROUGHPUT_WINDOW = 600  # seconds of throughput history kept
 
 FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 
@@ -159,3 +160,18 @@ def start(script, pipe_or_client, task_id, **fields):
 def send_control(r: redis.Redis, command: str, **fields) -> int:
     """Tell every running dispatcher to act (cancel a task, drain a worker); returns listeners reached."""
     return r.publish(CONTROL_CHANNEL, json.dumps({"command": command, **fields}))
+
+
+def throughput(r: redis.Redis, now: float | None = None, window: int = THROUGHPUT_WINDOW) -> list[tuple[int, int]]:
+    """(unix second, tasks finished) for the last `window` seconds, oldest first, zeros filled."""
+    now = int(time.time() if now is None else now)
+    counts = {int(k): int(v) for k, v in r.hgetall(THROUGHPUT_KEY).items()}
+    return [(sec, counts.get(sec, 0)) for sec in range(now - window + 1, now + 1)]
+
+
+def trim_throughput(r: redis.Redis, now: float | None = None) -> None:
+    """Drop throughput buckets older than the window."""
+    cutoff = int(time.time() if now is None else now) - THROUGHPUT_WINDOW
+    old = [k for k in r.hkeys(THROUGHPUT_KEY) if int(k) < cutoff]
+    if old:
+        r.hdel(THROUGHPUT_KEY, *old)

@@ -38,3 +38,27 @@ def redis_client(redis_server):
     yield client
     client.flushall()
     client.close()
+
+
+@pytest.fixture
+def stack(redis_server, redis_client, transactional_db, tmp_path, request):
+    """Real processes (web server, dispatcher, workers) sharing the test database and Redis."""
+    from django.conf import settings as django_settings
+
+    from tests.stack import Stack
+
+    database = django_settings.DATABASES["default"]["NAME"]
+    started = Stack(redis_url=redis_server.url, database_url=f"sqlite:///{database}", workdir=tmp_path)
+    yield started
+    failed = getattr(request.node, "rep_call", None)
+    if failed is not None and failed.failed:
+        print(started.logs())
+    started.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Keep each phase's report on the test item, so fixtures can print logs on failure."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
