@@ -268,8 +268,9 @@ class Dispatcher:
     # --- outcomes ------------------------------------------------------------------------
 
     def complete(self, results: list[protocol.Result]) -> None:
-        """Record results from a worker; a result for a task no longer held is ignored."""
-        finished = [(self.in_flight.pop(r.task_id), r) for r in results if r.task_id in self.in_flight]
+        """Record results from a worker. A result for a task this dispatcher does not hold
+        (sent before a restart or reconnect) still counts unless the task is already final."""
+        finished = [(self.in_flight.pop(r.task_id, None), r) for r in results]
         if finished:
             self.store(finished)
 
@@ -300,7 +301,7 @@ class Dispatcher:
             self.backlog = True
             log.warning("re-queued %d task(s): %s", len(requeue), reason)
 
-    def store(self, finished: list[tuple[InFlight, protocol.Result]]) -> None:
+    def store(self, finished: list[tuple[InFlight | None, protocol.Result]]) -> None:
         """Final states to Redis now (one pipeline), to the database at the next flush."""
         pipe = self.redis.pipeline(transaction=False)
         stored_at = repr(time.time())
@@ -308,9 +309,10 @@ class Dispatcher:
             mirror.finish(self.finish_script, pipe, r.task_id, r.status, r.result, r.error, self.config.result_ttl,
                           started_at=repr(r.started_at or 0.0), finished_at=repr(r.finished_at or 0.0),
                           stored_at=stored_at)
-        entry_ids = [flight.entry_id for flight, _ in finished]
-        pipe.xack(mirror.STREAM, mirror.GROUP, *entry_ids)
-        pipe.xdel(mirror.STREAM, *entry_ids)
+        entry_ids = [flight.entry_id for flight, _ in finished if flight is not None]
+        if entry_ids:
+            pipe.xack(mirror.STREAM, mirror.GROUP, *entry_ids)
+            pipe.xdel(mirror.STREAM, *entry_ids)
         pipe.hincrby(mirror.THROUGHPUT_KEY, str(int(time.time())), len(finished))
         won = pipe.execute()[: len(finished)]
         for (flight, r), first in zip(finished, won):
@@ -318,7 +320,7 @@ class Dispatcher:
                 continue  # someone (a cancel) already gave this task its final state
             self.writes.finish(services.Outcome(
                 r.task_id, r.status, r.result, r.error, from_timestamp(r.started_at), from_timestamp(r.finished_at),
-                self.worker_ids.get(flight.worker), flight.queued.attempt))
+                self.worker_ids.get(flight.worker) if flight else None, flight.queued.attempt if flight else 1))
             self.publisher.task(r.task_id, r.status)
 
     def expire_deadlines(self, now: float) -> None:

@@ -94,3 +94,14 @@ def nested_failure():
 
 def _helper_that_fails():
     return {}["missing"]
+
+
+def forge_pool_message():
+    """Write junk down the pool pipe the way hostile user code could, then return normally."""
+    import gc
+    from multiprocessing.connection import Connection
+
+    for obj in gc.get_objects():
+        if isinstance(obj, Connection) and not obj.closed:
+            obj.send_bytes(b"junk")
+    return "forged"

@@ -92,7 +92,7 @@ class Stack:
             argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "faas_site.asgi:application"]
         else:
             argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "--threads", "8",
-                    "faas_site.wsgi"]
+                    "--no-control-socket", "faas_site.wsgi"]
         proc = self.spawn(f"web-{server}", argv)
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: self._answers(url, proc), timeout=30, message=f"web server did not start:\n{proc.output()}")
@@ -103,7 +103,7 @@ class Stack:
             raise AssertionError(f"{proc.name} exited:\n{proc.output()}")
         try:
             return requests.get(url + "/status/x", timeout=1).status_code in (401, 403, 404)
-        except requests.ConnectionError:
+        except requests.RequestException:  # refused or slow while it boots
             return False
 
     def dispatcher(self, mode: str, *args: str, port: int | None = None, wait: bool = True) -> Proc:

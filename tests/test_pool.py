@@ -70,6 +70,7 @@ def is_alive(pid: int) -> bool:
 def test_start_makes_every_process_free(pool):
     assert (pool.size, pool.free, pool.busy, pool.holding()) == (2, 2, 0, [])
     assert len(set(pool.pids())) == 2 and os.getpid() not in pool.pids()
+    assert all(os.getpgid(pid) == pid for pid in pool.pids())  # each child leads its own group
 
 
 def test_success(pool):
@@ -166,6 +167,29 @@ def test_cancel(pool):
     assert pool.cancel("no-such-task") is False
     assert pool.holding() == []
     assert run(pool, make_task(ff.noop)).status == "COMPLETED"
+
+
+def test_children_ignore_sigint(pool):
+    task = make_task(ff.sleep_then, 0.5, "still here")
+    pool.submit(task)
+    os.kill(pool.pid_of(task.task_id), signal.SIGINT)
+    result = wait_for(pool, {task.task_id})[task.task_id]
+    assert result.status == "COMPLETED" and loads(result.result) == "still here"
+
+
+def test_forged_message_from_user_code_kills_the_child(pool):
+    result = run(pool, make_task(ff.forge_pool_message))
+    exc = failure(result)
+    assert type(exc) is WorkerFailureException and str(exc) == "process sent a malformed message"
+    assert run(pool, make_task(ff.noop)).status == "COMPLETED"
+
+
+def test_children_that_cannot_boot_are_retried_then_start_gives_up(monkeypatch):
+    monkeypatch.setattr("workers.pool._child_main", ff.exit_process)  # exit_process(conn): TypeError, exit 1
+    pool = ProcessPool(1)
+    with pytest.raises(RuntimeError, match="no pool process became ready"):
+        pool.start(timeout=1.0)
+    assert pool.pids() == []
 
 
 def test_submit_without_a_free_process_raises(pool):

@@ -36,6 +36,7 @@ _CTX = multiprocessing.get_context("spawn")
 
 BOOT_TIMEOUT = 30.0  # seconds a new child may take to report ready before it is killed
 KILL_GRACE = 5.0  # seconds a SIGKILLed child may take to exit before it is given up on
+PIPE_GRACE = 1.0  # seconds a child that closed its pipe may take to exit by itself before SIGKILL
 REAP_TIMEOUT = 1.0  # seconds to wait for the exit status of a child seen exiting
 RESTART_BACKOFF_MAX = 5.0  # ceiling on the delay between restarts of children that die while booting
 
@@ -62,9 +63,10 @@ class Slot:
     task_id: str | None = None
     started: float = 0.0  # monotonic, when the task (or the boot) began
     started_wall: float | None = None  # wall clock, for the FAILED result of a killed task
-    deadline: float | None = None  # monotonic; task deadline, boot timeout or kill grace
+    deadline: float | None = None  # monotonic; task deadline, boot timeout or exit grace
     deadline_s: float | None = None
-    killed: bool = False  # SIGKILL sent; waiting for the exit
+    lost: bool = False  # no longer talked to (pipe broke, or killed); waiting for the exit
+    killed: bool = False  # SIGKILL sent
     kill_reason: str | None = None  # overrides the exit status in the failure message
 
 
@@ -80,7 +82,6 @@ class ProcessPool:
         self._by_task: dict[str, Slot] = {}
         self._by_fd: dict[int, tuple[Slot, bool]] = {}  # fd -> (slot, is the pipe)
         self._poller = select.poll()
-        self._pending: list[Result] = []  # failures decided outside collect()
         self._dying: list[BaseProcess] = []  # given up on after SIGKILL; reaped when they go
         self._restart_at = 0.0
         self._boot_failures = 0
@@ -98,7 +99,7 @@ class ProcessPool:
             self._spawn()
         end = time.monotonic() + timeout
         while self.free < self._size and (left := end - time.monotonic()) > 0:
-            self._pending.extend(self.poll(min(left, 0.5)))
+            self.poll(min(left, 0.5))  # no task is submitted yet, so this only sees READY and deaths
         if self.free == 0:
             self.close()
             raise RuntimeError(f"no pool process became ready within {timeout:g} s")
@@ -133,13 +134,17 @@ class ProcessPool:
     # -- state -----------------------------------------------------------------------
 
     @property
+    def _running(self) -> bool:
+        return self._started and not self._closed
+
+    @property
     def size(self) -> int:
         return self._size
 
     @property
     def free(self) -> int:
         """Children that are alive, ready and idle: how many tasks submit() accepts now."""
-        return sum(1 for s in self._slots if s.ready and s.task_id is None and not s.killed)
+        return sum(1 for s in self._slots if s.ready and s.task_id is None and not s.lost)
 
     @property
     def busy(self) -> int:
@@ -163,25 +168,27 @@ class ProcessPool:
 
     def next_deadline(self) -> float | None:
         """The monotonic time by which collect() must run again, or None if nothing is timed."""
-        if self._pending:
-            return time.monotonic()
         times = [s.deadline for s in self._slots if s.deadline is not None]
-        if len(self._slots) < self._size and not self._closed:
+        if len(self._slots) < self._size and self._running:
             times.append(self._restart_at)
         return min(times, default=None)
 
     # -- tasks -----------------------------------------------------------------------
 
     def submit(self, task: Task) -> None:
-        """Hand `task` to an idle child; raises RuntimeError when none is free."""
-        if self._closed or not self._started:
+        """Hand `task` to an idle child; raises RuntimeError when none is free.
+        `task.deadline_s` of None means no deadline."""
+        if not self._running:
             raise RuntimeError("the pool is not running")
         if task.task_id in self._by_task:
             raise ValueError(f"task {task.task_id} is already running in this pool")
-        slot = next((s for s in self._slots if s.ready and s.task_id is None and not s.killed), None)
+        slot = next((s for s in self._slots if s.ready and s.task_id is None and not s.lost), None)
         if slot is None:
             raise RuntimeError("no free process in the pool")
-        frame = _encode_task(task, self._max_result_bytes)
+        try:
+            frame = _encode_task(task, self._max_result_bytes)
+        except struct.error as exc:
+            raise ValueError(f"task {task.task_id[:100]} does not fit a pool frame: {exc}") from None
         slot.task_id, slot.deadline_s = task.task_id, task.deadline_s
         slot.started, slot.started_wall = time.monotonic(), time.time()
         slot.deadline = None if task.deadline_s is None else slot.started + task.deadline_s
@@ -190,7 +197,7 @@ class ProcessPool:
             slot.conn.send_bytes(frame)
         except OSError as exc:  # the child died while idle; collect() reports the task
             log.warning("pool process %d: sending task %s failed: %s", slot.pid, task.task_id, exc)
-            self._kill(slot, None)
+            self._lose(slot, PIPE_GRACE)
 
     def cancel(self, task_id: str) -> bool:
         """Kill the process running `task_id`; its FAILED result comes from a later collect()."""
@@ -207,8 +214,6 @@ class ProcessPool:
 
     def poll(self, timeout: float) -> list[Result]:
         """Wait up to `timeout` seconds (less if a deadline falls sooner) for results, then collect."""
-        if self._pending or self._closed:
-            return self.collect()
         due = self.next_deadline()
         if due is not None:
             timeout = min(timeout, due - time.monotonic())
@@ -217,8 +222,8 @@ class ProcessPool:
     # -- the parent's side of each child ---------------------------------------------
 
     def _collect(self, events: list[tuple[int, int]]) -> list[Result]:
-        results, self._pending = self._pending, []
-        if self._closed:
+        results: list[Result] = []
+        if not self._running:
             return results
         pipes: list[Slot] = []
         exits: list[Slot] = []
@@ -226,10 +231,10 @@ class ProcessPool:
             if (entry := self._by_fd.get(fd)) is not None:
                 (pipes if entry[1] else exits).append(entry[0])
         for slot in pipes:  # results before deaths: a child may have answered just before it died
-            if not slot.killed:
+            if not slot.lost:
                 self._receive(slot, results)
         for slot in exits:
-            if not slot.killed and slot.conn.poll(0):
+            if not slot.lost and slot.conn.poll(0):
                 self._receive(slot, results)
             self._retire(slot, results)
         self._enforce_deadlines(time.monotonic(), results)
@@ -241,7 +246,9 @@ class ProcessPool:
         try:
             frame = slot.conn.recv_bytes()
         except (EOFError, OSError):
-            self._kill(slot, None)  # pipe broke: the child is gone or going; the exit status says why
+            # The pipe closes a moment before the exit is visible: wait for the exit status,
+            # which says why, rather than SIGKILL a child that is already on its way out.
+            self._lose(slot, PIPE_GRACE)
             return
         if not slot.ready and frame == _READY:
             slot.ready, slot.deadline, self._boot_failures = True, None, 0
@@ -263,6 +270,8 @@ class ProcessPool:
             if slot.killed:
                 log.error("pool process %d did not exit within %g s of SIGKILL; abandoning it", slot.pid, KILL_GRACE)
                 self._retire(slot, results, wait=0.0)
+            elif slot.lost:
+                self._kill(slot, "process closed its pipe to the pool but did not exit")
             elif not slot.ready:
                 self._kill(slot, f"process did not start within {BOOT_TIMEOUT:g} s")
             else:
@@ -270,14 +279,17 @@ class ProcessPool:
                             slot.pid, slot.task_id, slot.deadline_s)
                 self._kill(slot, f"timed out after {slot.deadline_s:g} s")
 
-    def _kill(self, slot: Slot, reason: str | None) -> None:
-        """SIGKILL the child's group; collect() retires the slot once the exit is seen."""
-        if slot.killed:
-            return
-        slot.killed, slot.kill_reason = True, reason
-        slot.deadline = time.monotonic() + KILL_GRACE
+    def _lose(self, slot: Slot, grace: float) -> None:
+        """Stop reading the child; collect() retires it when its exit is seen, or acts after `grace`."""
+        slot.lost, slot.deadline = True, time.monotonic() + grace
         self._unregister(slot.conn.fileno())  # an EOF pipe would otherwise wake every poll
-        _kill_group(slot.pid)
+
+    def _kill(self, slot: Slot, reason: str) -> None:
+        """SIGKILL the child's group, with `reason` as the failure message of its task."""
+        if not slot.killed:
+            self._lose(slot, KILL_GRACE)
+            slot.killed, slot.kill_reason = True, reason
+            _kill_group(slot.pid)
 
     def _retire(self, slot: Slot, results: list[Result], wait: float = REAP_TIMEOUT) -> None:
         """The child has exited (or is abandoned): fail what it held, reap it, forget it."""

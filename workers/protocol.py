@@ -51,6 +51,7 @@ class WorkerInfo:
     processes: int
     hostname: str = ""
     pid: int = 0
+    busy: int = 0  # processes already running tasks (after a reconnect)
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,8 @@ def encode(msg: Message) -> list[bytes]:
 
 
 def _info(head: dict) -> WorkerInfo:
-    return WorkerInfo(processes=int(head["processes"]), hostname=str(head.get("hostname", "")), pid=int(head.get("pid", 0)))
+    return WorkerInfo(processes=int(head["processes"]), hostname=str(head.get("hostname", "")),
+                      pid=int(head.get("pid", 0)), busy=int(head.get("busy", 0)))
 
 
 def decode(frames: list[bytes]) -> Message:

@@ -1,0 +1,24 @@
+"""Pull mode: workers ask for work when they have free processes; nothing is sent unasked."""
+
+from __future__ import annotations
+
+from dispatch.remote import RemoteDispatcher
+from dispatch.workertable import WorkerEntry
+from workers import protocol
+
+
+class PullDispatcher(RemoteDispatcher):
+    mode = "pull"
+
+    def capacity(self) -> int:
+        return self.table.pull_capacity()
+
+    def choose(self, tasks: list[protocol.Task]) -> list[tuple[WorkerEntry, list[protocol.Task]]]:
+        """Fill each worker's request in turn, as many tasks as it asked for."""
+        plan, rest = [], list(tasks)
+        for entry in self.table.available():
+            take = min(entry.credit, entry.free, len(rest))
+            if take:
+                plan.append((entry, rest[:take]))
+                rest = rest[take:]
+        return plan

@@ -1,0 +1,182 @@
+"""What pull and push modes share: a ROUTER socket, the worker table, heartbeats both
+ways, and the handling of results, registrations and dead workers.
+
+The two modes differ only in who decides where a task goes: pull workers ask for work
+(credits), push workers are sent work by the dispatcher (most free processes first).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+
+from dispatch.core import Dispatcher
+from dispatch.workertable import WorkerEntry, WorkerTable
+from workers import protocol
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGES_PER_POLL = 1000  # bound one read burst so periodic work still runs
+
+
+class RemoteDispatcher(Dispatcher):
+    """Base for ZeroMQ modes; subclasses decide `capacity()` and `choose()`."""
+
+    def setup(self) -> None:
+        self.table = WorkerTable(self.config.heartbeat_interval, self.config.heartbeat_liveness)
+        self.next_heartbeat = 0.0
+        self.context = zmq.Context()  # made here, after any fork, never inherited
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable send raises instead of vanishing
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting worker takes over its identity
+        self.socket.setsockopt(zmq.MAXMSGSIZE, protocol.MAX_MESSAGE_BYTES)
+        self.authenticator = None
+        if self.config.secure:
+            from workers.security import secure_server
+
+            self.authenticator = secure_server(self.socket, self.config.keys_dir)
+        elif self.config.insecure:
+            log.warning("listening on %s WITHOUT encryption or authentication (--insecure)", self.config.endpoint)
+        self.socket.bind(self.config.endpoint)
+        log.info("%s dispatcher listening on %s%s", self.mode, self.config.endpoint,
+                 " with CURVE" if self.authenticator else "")
+
+    def teardown(self) -> None:
+        for entry in list(self.table.workers.values()):
+            self.deliver(entry.identity, protocol.Disconnect("dispatcher stopping"))
+        self.socket.close(linger=0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+        self.context.term()
+
+    # --- sockets -------------------------------------------------------------------------
+
+    def poll_items(self) -> list:
+        return [self.socket]
+
+    def deliver(self, identity: bytes, message) -> bool:
+        """Send to one worker; False (and the worker is dropped) if it is gone."""
+        try:
+            self.socket.send_multipart([identity, *protocol.encode(message)], zmq.NOBLOCK)
+            return True
+        except zmq.ZMQError as exc:
+            if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
+                raise
+            if identity in self.table:
+                self.worker_lost(identity, "worker is unreachable")
+            return False
+
+    def on_ready(self, ready: set, now: float) -> None:
+        for _ in range(MAX_MESSAGES_PER_POLL):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            identity, body = frames[0], frames[1:]
+            try:
+                message = protocol.decode(body)
+            except protocol.ProtocolError as exc:
+                log.warning("dropped a malformed message from %r: %s", identity[:64], exc)
+                continue
+            self.handle(identity, message, now)
+
+    def handle(self, identity: bytes, message, now: float) -> None:
+        known = self.table.seen(identity, now)
+        match message:
+            case protocol.Register(info):
+                self.register(identity, info, now)
+            case protocol.Request(free, info):
+                if not known:
+                    self.register(identity, info, now)
+                self.table.get(identity).credit += free
+            case protocol.Results(results, free):
+                self.on_results(identity, results, free, known)
+            case protocol.Heartbeat(busy):
+                if not known:  # we restarted, or declared it dead: make it register again
+                    self.deliver(identity, protocol.Disconnect("unknown worker; register again"))
+            case protocol.Disconnect(reason):
+                if known:
+                    self.worker_lost(identity, f"worker disconnected ({reason or 'no reason given'})")
+            case _:
+                log.warning("unexpected %s from worker %r", type(message).__name__, identity[:64])
+
+    # --- workers -------------------------------------------------------------------------
+
+    def register(self, identity: bytes, info: protocol.WorkerInfo, now: float) -> WorkerEntry:
+        entry, held = self.table.register(identity, info, now)
+        if held:
+            self.lose(held, "worker restarted while running the task")
+        self.worker_seen(entry.name, info, busy=info.busy)
+        log.info("worker %s registered with %d processes (%d busy)", entry.name, info.processes, info.busy)
+        self.backlog = True
+        return entry
+
+    def on_results(self, identity: bytes, results: tuple, free: int, known: bool) -> None:
+        for result in results:
+            self.table.release(result.task_id, identity)
+        entry = self.table.get(identity)
+        if entry is not None:
+            entry.credit += free
+            self.worker_state(entry.name, busy=entry.busy, last_heartbeat=time.time())
+        self.complete(list(results))
+        self.backlog = True
+
+    def worker_lost(self, identity: bytes, reason: str) -> None:
+        entry = self.table.remove(identity)
+        if entry is None:
+            return
+        log.warning("worker %s lost: %s; %d task(s) affected", entry.name, reason, len(entry.tasks))
+        self.worker_state(entry.name, alive=False, busy=0)
+        if entry.tasks:
+            self.lose(sorted(entry.tasks), f"worker {entry.name}: {reason}")
+
+    def drain_worker(self, identity: str) -> None:
+        for entry in self.table.workers.values():
+            if entry.name == identity:
+                entry.draining = True
+                self.worker_state(entry.name, draining=True)
+                log.info("worker %s is draining: no new work", identity)
+
+    # --- periodic ------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        for identity in self.table.expired(now):
+            self.worker_lost(identity, f"missed heartbeats for {self.table.ttl:g} s")
+        if now >= self.next_heartbeat:
+            self.next_heartbeat = now + self.config.heartbeat_interval
+            for entry in list(self.table.workers.values()):
+                self.deliver(entry.identity, protocol.Heartbeat(entry.busy))
+                self.worker_state(entry.name, busy=entry.busy, last_heartbeat=time.time())
+
+    def next_tick(self, now: float) -> float:
+        return self.next_heartbeat
+
+    # --- tasks ---------------------------------------------------------------------------
+
+    def send(self, tasks: list[protocol.Task]) -> dict[str, str]:
+        plan = self.choose(tasks)
+        holders: dict[str, str] = {}
+        for entry, batch in plan:
+            for task in batch:
+                self.table.assign(entry.identity, task.task_id)
+            if self.deliver(entry.identity, protocol.Tasks(tuple(batch))):
+                holders.update({t.task_id: entry.name for t in batch})
+        unplaced = [t.task_id for t in tasks if t.task_id not in holders and t.task_id in self.in_flight]
+        if unplaced:
+            self.lose(unplaced, "no worker could take the task")
+        return holders
+
+    def choose(self, tasks: list[protocol.Task]) -> list[tuple[WorkerEntry, list[protocol.Task]]]:
+        raise NotImplementedError
+
+    def cancel_running(self, task_id: str, identity: str | None) -> None:
+        holder = self.table.holder.get(task_id)
+        if holder is not None:
+            self.deliver(holder, protocol.Cancel((task_id,)))
+
+    def on_overdue(self, task_id: str, identity: str | None) -> None:
+        self.cancel_running(task_id, identity)
+        self.table.release(task_id)

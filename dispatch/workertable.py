@@ -1,0 +1,109 @@
+"""Which workers a ZeroMQ dispatcher knows, what each holds, and when each expires.
+
+A pure class in the Paranoid Pirate shape: every method takes `now`, none touches a
+socket, so the heartbeat rules are unit-tested with a fake clock (STYLE C9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workers.protocol import WorkerInfo
+
+
+@dataclass
+class WorkerEntry:
+    identity: bytes
+    info: WorkerInfo
+    expiry: float  # monotonic time after which the worker is dead
+    tasks: set[str] = field(default_factory=set)
+    credit: int = 0  # pull: tasks the worker asked for and has not been sent
+    untracked_busy: int = 0  # processes busy with tasks sent before a reconnect
+    draining: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.identity.decode(errors="replace")
+
+    @property
+    def busy(self) -> int:
+        return len(self.tasks) + self.untracked_busy
+
+    @property
+    def free(self) -> int:
+        return max(0, self.info.processes - self.busy)
+
+
+class WorkerTable:
+    def __init__(self, interval: float, liveness: int):
+        self.ttl = interval * liveness
+        self.workers: dict[bytes, WorkerEntry] = {}
+        self.holder: dict[str, bytes] = {}  # task_id -> identity
+
+    def __contains__(self, identity: bytes) -> bool:
+        return identity in self.workers
+
+    def __len__(self) -> int:
+        return len(self.workers)
+
+    def get(self, identity: bytes) -> WorkerEntry | None:
+        return self.workers.get(identity)
+
+    def register(self, identity: bytes, info: WorkerInfo, now: float) -> tuple[WorkerEntry, list[str]]:
+        """Add or replace a worker; returns the entry and tasks a previous registration held."""
+        old = self.remove(identity)
+        entry = WorkerEntry(identity, info, now + self.ttl, untracked_busy=info.busy)
+        self.workers[identity] = entry
+        return entry, (sorted(old.tasks) if old else [])
+
+    def seen(self, identity: bytes, now: float) -> bool:
+        """Any message from a worker proves it alive; False if it is unknown."""
+        entry = self.workers.get(identity)
+        if entry is None:
+            return False
+        entry.expiry = now + self.ttl
+        return True
+
+    def expired(self, now: float) -> list[bytes]:
+        """The workers whose heartbeats stopped; the caller removes them."""
+        return [e.identity for e in self.workers.values() if now >= e.expiry]
+
+    def remove(self, identity: bytes) -> WorkerEntry | None:
+        entry = self.workers.pop(identity, None)
+        if entry is not None:
+            for task_id in entry.tasks:
+                self.holder.pop(task_id, None)
+        return entry
+
+    def assign(self, identity: bytes, task_id: str) -> None:
+        entry = self.workers[identity]
+        entry.tasks.add(task_id)
+        entry.credit = max(0, entry.credit - 1)
+        self.holder[task_id] = identity
+
+    def release(self, task_id: str, identity: bytes | None = None) -> WorkerEntry | None:
+        """A task finished or was lost; frees its process. An unknown task from `identity`
+        frees one of the processes it was busy with before a reconnect."""
+        holder = self.holder.pop(task_id, None)
+        entry = self.workers.get(holder if holder is not None else identity)
+        if entry is None:
+            return None
+        if task_id in entry.tasks:
+            entry.tasks.discard(task_id)
+        elif entry.untracked_busy:
+            entry.untracked_busy -= 1
+        return entry
+
+    def available(self) -> list[WorkerEntry]:
+        return [e for e in self.workers.values() if not e.draining]
+
+    def pick(self) -> WorkerEntry | None:
+        """Push: the worker with the most free processes (ties: the one registered first)."""
+        best = max(self.available(), key=lambda e: e.free, default=None)
+        return best if best is not None and best.free > 0 else None
+
+    def push_capacity(self) -> int:
+        return sum(e.free for e in self.available())
+
+    def pull_capacity(self) -> int:
+        return sum(min(e.credit, e.free) for e in self.available())
