@@ -284,22 +284,30 @@ class Dispatcher:
 
     def lose(self, task_ids: list[str], reason: str, retry: bool = True) -> None:
         """Tasks whose worker died, went silent or overran: re-queue while retries remain, else FAIL."""
-        requeue = [self.in_flight.pop(t) for t in task_ids
-                   if retry and t in self.in_flight and self.in_flight[t].queued.attempt <= self.config.retries]
+        again = [t for t in task_ids
+                 if retry and t in self.in_flight and self.in_flight[t].queued.attempt <= self.config.retries]
+        if again:
+            self.requeue(again, count_attempt=True)
+            log.warning("re-queued %d task(s): %s", len(again), reason)
         for task_id in task_ids:
             self.fail(task_id, WorkerFailureException(reason))
-        if requeue:
-            pipe = self.redis.pipeline(transaction=True)
-            for flight in requeue:
-                q = flight.queued
-                again = mirror.QueuedTask(q.task_id, q.function_id, q.owner_id, q.arguments, q.timeout, q.attempt + 1)
-                pipe.hset(mirror.task_key(q.task_id), mapping={"status": TaskStatus.QUEUED.value})
-                pipe.xadd(mirror.STREAM, mirror.stream_fields(again))
-                pipe.xack(mirror.STREAM, mirror.GROUP, flight.entry_id)
-                pipe.xdel(mirror.STREAM, flight.entry_id)
-            pipe.execute()
-            self.backlog = True
-            log.warning("re-queued %d task(s): %s", len(requeue), reason)
+
+    def requeue(self, task_ids: list[str], count_attempt: bool) -> None:
+        """Put held tasks back on the stream (as new entries) for any dispatcher to take."""
+        pipe = self.redis.pipeline(transaction=True)
+        for task_id in task_ids:
+            flight = self.in_flight.pop(task_id, None)
+            if flight is None:
+                continue
+            q = flight.queued
+            attempt = q.attempt + 1 if count_attempt else q.attempt
+            pipe.hset(mirror.task_key(q.task_id), mapping={"status": TaskStatus.QUEUED.value})
+            pipe.xadd(mirror.STREAM, mirror.stream_fields(
+                mirror.QueuedTask(q.task_id, q.function_id, q.owner_id, q.arguments, q.timeout, attempt)))
+            pipe.xack(mirror.STREAM, mirror.GROUP, flight.entry_id)
+            pipe.xdel(mirror.STREAM, flight.entry_id)
+        pipe.execute()
+        self.backlog = True
 
     def store(self, finished: list[tuple[InFlight | None, protocol.Result]]) -> None:
         """Final states to Redis now (one pipeline), to the database at the next flush."""

@@ -58,15 +58,15 @@ class RemoteDispatcher(Dispatcher):
         return [self.socket]
 
     def deliver(self, identity: bytes, message) -> bool:
-        """Send to one worker; False (and the worker is dropped) if it is gone."""
+        """Send to one worker; False if it is not connected right now. Only missed heartbeats
+        declare a worker dead: a worker whose connection dropped may be back in a moment."""
         try:
             self.socket.send_multipart([identity, *protocol.encode(message)], zmq.NOBLOCK)
             return True
         except zmq.ZMQError as exc:
             if exc.errno not in (zmq.EHOSTUNREACH, zmq.EAGAIN):
                 raise
-            if identity in self.table:
-                self.worker_lost(identity, "worker is unreachable")
+            log.debug("worker %r unreachable; dropped a %s", identity[:64], type(message).__name__)
             return False
 
     def on_ready(self, ready: set, now: float) -> None:
@@ -157,16 +157,15 @@ class RemoteDispatcher(Dispatcher):
     # --- tasks ---------------------------------------------------------------------------
 
     def send(self, tasks: list[protocol.Task]) -> dict[str, str]:
-        plan = self.choose(tasks)
         holders: dict[str, str] = {}
-        for entry, batch in plan:
-            for task in batch:
-                self.table.assign(entry.identity, task.task_id)
+        for entry, batch in self.choose(tasks):
             if self.deliver(entry.identity, protocol.Tasks(tuple(batch))):
+                for task in batch:
+                    self.table.assign(entry.identity, task.task_id)
                 holders.update({t.task_id: entry.name for t in batch})
-        unplaced = [t.task_id for t in tasks if t.task_id not in holders and t.task_id in self.in_flight]
-        if unplaced:
-            self.lose(unplaced, "no worker could take the task")
+        unsent = [t.task_id for t in tasks if t.task_id not in holders]
+        if unsent:  # never reached a worker, so no attempt is spent
+            self.requeue(unsent, count_attempt=False)
         return holders
 
     def choose(self, tasks: list[protocol.Task]) -> list[tuple[WorkerEntry, list[protocol.Task]]]:

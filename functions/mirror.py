@@ -175,3 +175,94 @@ def trim_throughput(r: redis.Redis, now: float | None = None) -> None:
     old = [k for k in r.hkeys(THROUGHPUT_KEY) if int(k) < cutoff]
     if old:
         r.hdel(THROUGHPUT_KEY, *old)
+
+
+# --- operations console: queue depth and purge ---------------------------------------------
+
+PURGE_BATCH = 500  # stream entries examined per purge script call
+
+# KEYS[1]=stream, KEYS[2..]=task hashes; ARGV = result, error, ttl, finished_at, then per task
+# (entry id, done channel). A QUEUED (or unknown) task FAILS and its entry leaves the stream;
+# an entry whose task is already final is dropped too; a RUNNING task is left alone.
+_PURGE = """
+local purged = {}
+for i = 2, #KEYS do
+  local entry, channel = ARGV[3 + 2 * (i - 1)], ARGV[4 + 2 * (i - 1)]
+  local s = redis.call('HGET', KEYS[i], 'status')
+  if s == false or s == 'QUEUED' then
+    redis.call('HSET', KEYS[i], 'status', 'FAILED', 'result', ARGV[1], 'error', ARGV[2], 'finished_at', ARGV[4])
+    redis.call('EXPIRE', KEYS[i], ARGV[3])
+    redis.call('PUBLISH', channel, 'FAILED')
+    redis.call('XDEL', KEYS[1], entry)
+    purged[#purged + 1] = i - 1
+  elseif s == 'COMPLETED' or s == 'FAILED' then
+    redis.call('XDEL', KEYS[1], entry)
+  end
+end
+return purged
+"""
+
+
+@dataclass(frozen=True)
+class QueueDepth:
+    """Stream entries not yet finished: `pending` are held by a dispatcher, the rest wait."""
+
+    length: int
+    pending: int
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self.length - self.pending)
+
+
+def queue_depth(r: redis.Redis) -> QueueDepth:
+    """Two O(1) calls (XLEN, XPENDING summary); a missing stream or group counts as empty."""
+    pipe = r.pipeline(transaction=False)
+    pipe.xlen(STREAM)
+    pipe.xpending(STREAM, GROUP)
+    length, pending = pipe.execute(raise_on_error=False)
+    pending = pending["pending"] if isinstance(pending, dict) else 0
+    return QueueDepth(length if isinstance(length, int) else 0, pending)
+
+
+def task_statuses(r: redis.Redis, task_ids: list[str]) -> list[str | None]:
+    """The mirror's status of each task (None where Redis has no hash), in one round trip."""
+    pipe = r.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.hget(task_key(task_id), "status")
+    return [s.decode() if s is not None else None for s in pipe.execute()]
+
+
+def throughput_tail(r: redis.Redis, seconds: int, now: float | None = None) -> list[tuple[int, int]]:
+    """Like `throughput` for only the last few seconds: one HMGET, for frequent updates."""
+    now = int(time.time() if now is None else now)
+    secs = list(range(now - seconds + 1, now + 1))
+    values = r.hmget(THROUGHPUT_KEY, [str(s) for s in secs])
+    return [(sec, int(v or 0)) for sec, v in zip(secs, values)]
+
+
+def purge_queued(r: redis.Redis, result: bytes, error: str, ttl: int, finished_at: float) -> list[str]:
+    """FAIL every task still waiting in the stream and remove its entry; returns their ids.
+
+    Walks the stream up to the entry that was last when the purge began, in batches, so a
+    purge of 100,000 entries never blocks Redis for long. A dispatcher that claimed an entry
+    in the meantime finds its task final and drops it (the start script refuses final tasks).
+    """
+    script = r.register_script(_PURGE)
+    last = r.xrevrange(STREAM, count=1)
+    if not last:
+        return []
+    end, start, purged = last[0][0], "-", []
+    while True:
+        batch = r.xrange(STREAM, min=start, max=end, count=PURGE_BATCH)
+        if not batch:
+            return purged
+        ids = [fields[b"task_id"].decode() for _, fields in batch]
+        args = [result, error, ttl, repr(finished_at)]
+        for (entry_id, _), task_id in zip(batch, ids):
+            args += [entry_id, done_channel(task_id)]
+        hits = script(keys=[STREAM, *(task_key(t) for t in ids)], args=args)
+        purged += [ids[i - 1] for i in hits]
+        if len(batch) < PURGE_BATCH:
+            return purged
+        start = b"(" + batch[-1][0]

@@ -1,3 +1,9 @@
-"""Websocket routes."""
+"""Websocket routes, served by faas_site.asgi behind session auth and origin validation."""
 
-websocket_urlpatterns = []
+from django.urls import re_path
+
+from functions.consumers import DashboardConsumer
+
+websocket_urlpatterns = [
+    re_path(r"^ws/dashboard/?$", DashboardConsumer.as_asgi()),
+]

@@ -233,3 +233,35 @@ def workers_update(states: dict[int, dict]) -> None:
             fields["last_heartbeat"] = datetime.datetime.fromtimestamp(fields["last_heartbeat"], tz=datetime.timezone.utc)
         fields.pop("hostname", None)
         Worker.objects.filter(pk=worker_id).update(**fields)
+
+
+# --- operations console: queue-wide and worker actions ------------------------------------
+
+def queue_purge(*, reason: str = "purged from the queue") -> list[str]:
+    """FAIL every task still QUEUED, as cancelled, and take it off the stream; returns their ids.
+
+    Redis decides which tasks were still waiting (a RUNNING task is left alone), then the
+    database follows in chunks. A row may say RUNNING while Redis says QUEUED (a re-queued
+    task), so both states are updated, as in `task_cancel`.
+    """
+    error = f"WorkerFailureException: {reason}"
+    result = serialization.dumps(WorkerFailureException(reason))
+    purged = mirror.purge_queued(redis_client(), result, error, settings.FAAS_RESULT_TTL, time.time())
+    finished_at = timezone.now()
+    for start in range(0, len(purged), 500):
+        Task.objects.filter(id__in=purged[start:start + 500],
+                            status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING]).update(
+            status=TaskStatus.FAILED, result=result, result_size=len(result), error=error, finished_at=finished_at)
+    return purged
+
+
+def worker_drain(*, identity: str) -> bool:
+    """Ask the dispatchers to give a worker no new work; it finishes what it holds.
+
+    The flag is the durable record the admin shows; the control message is what the
+    dispatcher acts on. Returns False for a worker that is unknown or already dead.
+    """
+    updated = Worker.objects.filter(identity=identity, alive=True).update(draining=True)
+    if updated:
+        mirror.send_control(redis_client(), "drain", identity=identity)
+    return bool(updated)

@@ -9,6 +9,17 @@ from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
+def django_db_modify_db_settings(tmp_path_factory):
+    """A test database file of this session's own, which the processes it starts share
+    (and which concurrent test sessions never clobber)."""
+    from django.conf import settings
+
+    default = settings.DATABASES["default"]
+    if default["ENGINE"] == "django.db.backends.sqlite3":
+        default.setdefault("TEST", {})["NAME"] = str(tmp_path_factory.mktemp("db") / "test.sqlite3")
+
+
+@pytest.fixture(scope="session")
 def redis_server():
     server = RedisServer().start()
     yield server
@@ -47,8 +58,8 @@ def stack(redis_server, redis_client, transactional_db, tmp_path, request):
 
     from tests.stack import Stack
 
-    database = django_settings.DATABASES["default"]["NAME"]
-    started = Stack(redis_url=redis_server.url, database_url=f"sqlite:///{database}", workdir=tmp_path)
+    started = Stack(redis_url=redis_server.url, database_url=database_url(django_settings.DATABASES["default"]),
+                    workdir=tmp_path)
     yield started
     failed = getattr(request.node, "rep_call", None)
     if failed is not None and failed.failed:
@@ -62,3 +73,10 @@ def pytest_runtest_makereport(item, call):
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+def database_url(db: dict) -> str:
+    """The test database as a DATABASE_URL for the processes a test starts."""
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"

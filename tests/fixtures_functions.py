@@ -105,3 +105,25 @@ def forge_pool_message():
         if isinstance(obj, Connection) and not obj.closed:
             obj.send_bytes(b"junk")
     return "forged"
+
+
+def sleep_then_clock(seconds: float) -> float:
+    """Sleep, then return the wall clock at the moment the function returns (long-poll latency)."""
+    time.sleep(seconds)
+    return time.time()
+
+
+def write_marker(path: str, text: str = "ran") -> str:
+    """Leave a file behind: proof that the task ran (a cancelled queued task must not)."""
+    with open(path, "w") as f:
+        f.write(text)
+    return text
+
+
+def write_pid_then_sleep(path: str, seconds: float = 1000.0):
+    """Publish the pool process's pid, then block: for checking that a cancel stops the process."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(tmp, path)
+    time.sleep(seconds)

@@ -83,7 +83,7 @@ class ProcessPool:
         self._by_fd: dict[int, tuple[Slot, bool]] = {}  # fd -> (slot, is the pipe)
         self._poller = select.poll()
         self._dying: list[BaseProcess] = []  # given up on after SIGKILL; reaped when they go
-        self._restart_at = 0.0
+        self._restart_at = time.monotonic()  # a real time, so next_deadline() is never a falsy 0.0
         self._boot_failures = 0
         self._started = self._closed = False
 

@@ -1,0 +1,250 @@
+"""The Python client (SDK): register functions, submit calls, wait for results, cancel.
+
+Needs only requests, dill and the Django-free `workers` package, so it imports on any
+machine without Django or settings. `FaaSExecutor` (a `concurrent.futures.Executor` over
+this client) lives in functions.executor and is re-exported here.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+
+import dill
+import requests
+from requests.adapters import HTTPAdapter
+
+from functions.shipping import Shipper
+from workers.exceptions import FunctionFailedException, WorkerFailureException
+from workers.serialization import decode, encode
+
+__all__ = ["APIError", "ClientError", "FaaSClient", "FaaSExecutor", "FunctionFailedException",
+           "TaskFuture", "WorkerFailureException"]
+
+MAX_WAIT = 60.0  # the server's cap on one /result?wait= long-poll, in seconds
+FINAL = ("COMPLETED", "FAILED")
+BATCH_CALLS = 1000  # calls per /execute_batch request (the server takes up to 10,000)
+BATCH_BYTES = 8 * 1024 * 1024  # base64 text per /execute_batch request, well under the body cap
+CONNECTIONS = 32  # keep-alive connections per client: the executor's waiters share them
+
+
+class ClientError(Exception):
+    """Raised for a problem on the client's side of the API (not a failure of the function)."""
+
+
+class APIError(ClientError):
+    """The server refused a request: `status_code`, and `detail` from its JSON error body."""
+
+    def __init__(self, status_code: int, detail, method: str, url: str):
+        self.status_code, self.detail, self.method, self.url = status_code, detail, method, url
+        super().__init__(f"{method} {url} answered {status_code}: {_sentence(detail)}")
+
+
+def _sentence(detail) -> str:
+    if isinstance(detail, dict) and set(detail) == {"detail"}:
+        return str(detail["detail"])
+    return str(detail)
+
+
+class FaaSClient:
+    """One platform, one user: `base_url` of the web server and a DRF token (default:
+    the FAAS_TOKEN environment variable; none for a server that allows anonymous use).
+    `timeout` bounds every HTTP request; waits for results add their own time on top.
+    Thread-safe: one keep-alive session is shared by every thread."""
+
+    def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 30.0,
+                 shipper: Shipper | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.shipper = shipper or Shipper()
+        self.session = requests.Session()
+        self.session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=CONNECTIONS))
+        self.session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=CONNECTIONS))
+        self.session.headers["Accept"] = "application/json"
+        token = token if token is not None else os.environ.get("FAAS_TOKEN")
+        if token:
+            self.session.headers["Authorization"] = f"Token {token}"
+
+    # --- functions and tasks --------------------------------------------------------------
+
+    def register(self, fn: Callable, name: str | None = None, *, by_value: bool = True) -> str:
+        """Register `fn`; returns its function id. `by_value=False` pickles it by reference,
+        for functions whose module every worker has installed."""
+        if not callable(fn):
+            raise TypeError(f"register() needs a callable, not a {type(fn).__name__}")
+        payload = self.shipper.dumps(fn) if by_value else dill.dumps(fn)
+        return self.register_payload(name or _name_of(fn), payload)
+
+    def register_payload(self, name: str, payload: bytes) -> str:
+        """Register already-pickled function bytes."""
+        return self._call("POST", "/register_function", json={"name": name[:200], "payload": encode(payload)})[
+            "function_id"]
+
+    def submit(self, function_id: str, /, *args, **kwargs) -> str:
+        """Queue `fn(*args, **kwargs)`; returns the task id."""
+        return self.submit_with(function_id, args, kwargs)
+
+    def submit_with(self, function_id: str, args: Iterable = (), kwargs: dict | None = None, *,
+                    timeout: float | None = None) -> str:
+        """`submit` with the call spelled out, leaving room for options such as a
+        `timeout` (the task's deadline in seconds: past it the task FAILS)."""
+        body = {"function_id": function_id, "payload": self.encode_call(args, kwargs or {})}
+        if timeout is not None:
+            body["timeout"] = timeout
+        return self._call("POST", "/execute_function", json=body)["task_id"]
+
+    def submit_batch(self, function_id: str, calls: Iterable[tuple[Iterable, dict]], /, *,
+                     timeout: float | None = None) -> list[str]:
+        """Queue many calls of one function, each `(args, kwargs)`; returns the task ids in
+        order. Large batches go in several requests; if one fails, the APIError carries the
+        ids already queued as `task_ids`."""
+        ids: list[str] = []
+        for chunk in _chunks(self.encode_call(*_call_pair(call)) for call in calls):
+            body = {"function_id": function_id, "payloads": chunk}
+            if timeout is not None:
+                body["timeout"] = timeout
+            try:
+                ids += self._call("POST", "/execute_batch", json=body)["task_ids"]
+            except APIError as exc:
+                exc.task_ids = ids
+                raise
+        return ids
+
+    def status(self, task_id: str) -> str:
+        """QUEUED, RUNNING, COMPLETED or FAILED."""
+        return self._call("GET", f"/status/{task_id}")["status"]
+
+    def result(self, task_id: str, timeout: float | None = None):
+        """The task's return value, waiting up to `timeout` seconds (None: as long as it
+        takes). A failed task raises its exception: the function's own type with
+        `.remote_traceback`, or WorkerFailureException / FunctionFailedException.
+        Raises TimeoutError if the task has not finished in time."""
+        body = self.wait(task_id, timeout)
+        if body["status"] not in FINAL:
+            raise TimeoutError(f"task {task_id} is still {body['status']} after {timeout:g} s")
+        return self.outcome(body)
+
+    def wait(self, task_id: str, timeout: float | None = None) -> dict:
+        """The /result body once the task is final or `timeout` has passed, through the
+        server's long-poll in chunks of at most a minute; never raises the task's error."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = MAX_WAIT if end is None else min(MAX_WAIT, max(0.0, end - time.monotonic()))
+            body = self.poll(task_id, left)
+            if body["status"] in FINAL or left <= 0 or (end is not None and time.monotonic() >= end):
+                return body
+
+    def poll(self, task_id: str, wait: float = 0.0) -> dict:
+        """One /result request, held by the server up to `wait` seconds (at most a minute)."""
+        wait = min(max(wait, 0.0), MAX_WAIT)
+        params = {"wait": f"{wait:.3f}"} if wait > 0 else None
+        return self._call("GET", f"/result/{task_id}", params=params, timeout=self.timeout + wait)
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a task: a queued one never runs, a running one has its process stopped.
+        Either way it FAILS with WorkerFailureException("cancelled"). False if it had
+        already finished."""
+        try:
+            self._call("POST", f"/cancel/{task_id}")
+        except APIError as exc:
+            if exc.status_code == 409:
+                return False
+            raise
+        return True
+
+    # --- payloads -------------------------------------------------------------------------
+
+    def encode_call(self, args: Iterable, kwargs: dict) -> str:
+        """The execute payload: base64 of the pickled `((args...), {kwargs})`."""
+        return encode(self.shipper.dumps((tuple(args), dict(kwargs))))
+
+    def outcome(self, body: dict):
+        """The value of a finished /result body, or raise the task's exception."""
+        if body["status"] == "COMPLETED":
+            try:
+                return self.shipper.loads(decode(body["result"]))
+            except Exception as exc:
+                raise ClientError(f"task {body['task_id']} completed, but its result cannot be "
+                                  f"unpickled here: {type(exc).__name__}: {exc}") from exc
+        raise self.failure(body)
+
+    def failure(self, body: dict) -> Exception:
+        """The exception of a FAILED /result body, rebuilt here when possible."""
+        error = body.get("error") or "the task failed"
+        try:
+            exc = self.shipper.loads(decode(body["result"]))
+        except Exception as why:
+            exc = FunctionFailedException(f"{error}\n(the exception cannot be unpickled here: "
+                                          f"{type(why).__name__}: {why})")
+        if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: never raise those here
+            cause, exc = exc, FunctionFailedException(f"the function raised {_repr(exc)}\n{error}")
+            exc.__cause__ = cause
+        for name, value in (("remote_traceback", getattr(exc, "remote_traceback", None)),
+                            ("task_id", body.get("task_id"))):
+            try:
+                setattr(exc, name, value)
+            except (AttributeError, TypeError):
+                pass
+        return exc
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def _call(self, method: str, path: str, *, timeout: float | None = None, **kwargs) -> dict:
+        url = self.base_url + path
+        response = self.session.request(method, url, timeout=timeout or self.timeout, **kwargs)
+        if response.status_code >= 400:
+            raise APIError(response.status_code, _detail(response), method, url)
+        return response.json()
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> FaaSClient:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"FaaSClient({self.base_url!r})"
+
+
+def _detail(response: requests.Response):
+    try:
+        return response.json()
+    except ValueError:
+        return response.text[:500] or response.reason
+
+
+def _name_of(fn) -> str:
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _repr(obj) -> str:
+    try:
+        return repr(obj)[:500]
+    except Exception:
+        return type(obj).__name__
+
+
+def _call_pair(call) -> tuple[Iterable, dict]:
+    if not (isinstance(call, (tuple, list)) and len(call) == 2 and isinstance(call[1], dict)):
+        raise TypeError(f"each call is an (args, kwargs) pair such as ((1, 2), {{}}), not {_repr(call)}")
+    return call[0], call[1]
+
+
+def _chunks(payloads: Iterable[str]) -> Iterator[list[str]]:
+    """Group payloads into request-sized lists."""
+    chunk, size = [], 0
+    for payload in payloads:
+        if chunk and (len(chunk) >= BATCH_CALLS or size + len(payload) > BATCH_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(payload)
+        size += len(payload)
+    if chunk:
+        yield chunk
+
+
+from functions.executor import FaaSExecutor, TaskFuture  # noqa: E402  (the executor builds on the client)

@@ -1,0 +1,77 @@
+"""The heartbeat and placement rules of the worker table, on a fake clock."""
+
+from dispatch.workertable import WorkerTable
+from workers.protocol import WorkerInfo
+
+
+def table() -> WorkerTable:
+    return WorkerTable(interval=1.0, liveness=3)
+
+
+def test_worker_expires_after_missed_heartbeats_and_not_before():
+    t = table()
+    t.register(b"a", WorkerInfo(2), now=0.0)
+    assert t.expired(2.9) == []
+    assert t.seen(b"a", now=2.9)
+    assert t.expired(5.8) == []
+    assert t.expired(5.9) == [b"a"]
+
+
+def test_unknown_worker_is_not_seen():
+    assert table().seen(b"ghost", now=0.0) is False
+
+
+def test_push_picks_the_worker_with_most_free_processes():
+    t = table()
+    t.register(b"small", WorkerInfo(1), 0.0)
+    t.register(b"big", WorkerInfo(4), 0.0)
+    t.assign(b"big", "t1")
+    t.assign(b"big", "t2")
+    assert t.pick().identity == b"big"  # 2 free against 1
+    t.assign(b"big", "t3")
+    assert t.pick().identity in (b"small", b"big")
+    t.assign(b"small", "t4")
+    t.assign(b"big", "t5")
+    assert t.pick() is None and t.push_capacity() == 0
+
+
+def test_release_frees_a_process_and_forgets_the_holder():
+    t = table()
+    t.register(b"a", WorkerInfo(1), 0.0)
+    t.assign(b"a", "t1")
+    assert t.get(b"a").free == 0
+    assert t.release("t1").identity == b"a"
+    assert t.get(b"a").free == 1 and "t1" not in t.holder
+
+
+def test_reconnected_worker_counts_its_running_tasks_as_busy_until_they_finish():
+    t = table()
+    t.register(b"a", WorkerInfo(2, busy=2), 0.0)
+    assert t.push_capacity() == 0
+    t.release("old-task", identity=b"a")
+    assert t.push_capacity() == 1
+
+
+def test_pull_capacity_is_what_workers_asked_for_within_their_free_processes():
+    t = table()
+    entry, _ = t.register(b"a", WorkerInfo(2), 0.0)
+    assert t.pull_capacity() == 0
+    entry.credit = 5
+    assert t.pull_capacity() == 2
+    t.assign(b"a", "t1")
+    assert entry.credit == 4 and t.pull_capacity() == 1
+
+
+def test_draining_worker_gets_no_new_work():
+    t = table()
+    entry, _ = t.register(b"a", WorkerInfo(2), 0.0)
+    entry.draining = True
+    assert t.pick() is None and t.push_capacity() == 0
+
+
+def test_re_registration_returns_the_tasks_the_old_registration_held():
+    t = table()
+    t.register(b"a", WorkerInfo(2), 0.0)
+    t.assign(b"a", "t1")
+    _, held = t.register(b"a", WorkerInfo(2), 1.0)
+    assert held == ["t1"] and t.holder == {}
