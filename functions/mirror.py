@@ -96,13 +96,14 @@ def put_function(pipe, function_id, owner_id, payload: bytes) -> None:
     pipe.hset(function_key(function_id), mapping={"payload": payload, "owner": owner_id or ""})
 
 
-def enqueue(pipe, tasks: list[QueuedTask], now: float | None = None) -> None:
-    """Write each task's hash and stream entry into `pipe` (the caller executes it)."""
-    now = time.time() if now is None else now
+def enqueue(pipe, tasks: list[QueuedTask], received_at: float | None = None) -> None:
+    """Write each task's hash and stream entry into `pipe` (the caller executes it).
+    `received_at` is when the request arrived; with queued_at it shows the web's share of latency."""
+    now = time.time()
     for t in tasks:
         pipe.hset(task_key(t.task_id), mapping={
             "status": TaskStatus.QUEUED.value, "owner": t.owner_id, "function_id": t.function_id,
-            "queued_at": repr(now), "attempts": t.attempt - 1,
+            "received_at": repr(received_at or now), "queued_at": repr(now), "attempts": t.attempt - 1,
         })
         pipe.xadd(STREAM, stream_fields(t))
     if tasks:

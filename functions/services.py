@@ -71,8 +71,8 @@ def function_get(*, owner, function_id) -> Function:
         raise NotFound(f"No function with id {fid}.") from None
 
 
-def task_submit_batch(*, owner, function: Function, payloads: list[bytes],
-                      timeout: float | None = None, retry_of: Task | None = None) -> list[Task]:
+def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeout: float | None = None,
+                      retry_of: Task | None = None, received_at: float | None = None) -> list[Task]:
     """Queue many calls of one function: one transaction, one Redis pipeline."""
     timeout = timeout if timeout is not None else settings.FAAS_TASK_TIMEOUT
     tasks = [Task(owner=_owner(owner), function=function, payload=p, payload_size=len(p),
@@ -83,13 +83,15 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes],
     with transaction.atomic():
         Task.objects.bulk_create(tasks)
         pipe = r.pipeline(transaction=True)
-        mirror.enqueue(pipe, queued)
+        mirror.enqueue(pipe, queued, received_at)
         pipe.execute()
     return tasks
 
 
-def task_submit(*, owner, function: Function, payload: bytes, timeout: float | None = None) -> Task:
-    return task_submit_batch(owner=owner, function=function, payloads=[payload], timeout=timeout)[0]
+def task_submit(*, owner, function: Function, payload: bytes, timeout: float | None = None,
+                received_at: float | None = None) -> Task:
+    return task_submit_batch(owner=owner, function=function, payloads=[payload], timeout=timeout,
+                             received_at=received_at)[0]
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,7 @@
 """Thin API views: validate input, call one service, shape the answer (STYLE C12)."""
 
+import time
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
@@ -38,11 +40,12 @@ class ExecuteFunctionView(APIView):
 
     @extend_schema(request=s.ExecuteFunctionSerializer, responses={201: s.TaskIdSerializer})
     def post(self, request):
+        received_at = time.time()
         data = s.ExecuteFunctionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         function = services.function_get(owner=request.user, function_id=data.validated_data["function_id"])
         task = services.task_submit(owner=request.user, function=function, payload=data.validated_data["payload"],
-                                    timeout=data.validated_data.get("timeout"))
+                                    timeout=data.validated_data.get("timeout"), received_at=received_at)
         return Response({"task_id": str(task.id)}, status=status.HTTP_201_CREATED)
 
 
@@ -51,12 +54,13 @@ class ExecuteBatchView(APIView):
 
     @extend_schema(request=s.ExecuteBatchSerializer, responses={201: s.TaskIdsSerializer})
     def post(self, request):
+        received_at = time.time()
         data = s.ExecuteBatchSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         function = services.function_get(owner=request.user, function_id=data.validated_data["function_id"])
         tasks = services.task_submit_batch(owner=request.user, function=function,
                                            payloads=data.validated_data["payloads"],
-                                           timeout=data.validated_data.get("timeout"))
+                                           timeout=data.validated_data.get("timeout"), received_at=received_at)
         return Response({"task_ids": [str(t.id) for t in tasks]}, status=status.HTTP_201_CREATED)
 
 

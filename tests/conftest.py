@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.test import override_settings
 
-from tests.redis_server import RedisServer
+from scripts.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def stack(redis_server, redis_client, transactional_db, tmp_path, request):
     """Real processes (web server, dispatcher, workers) sharing the test database and Redis."""
     from django.conf import settings as django_settings
 
-    from tests.stack import Stack
+    from scripts.stack import Stack
 
     started = Stack(redis_url=redis_server.url, database_url=database_url(django_settings.DATABASES["default"]),
                     workdir=tmp_path)

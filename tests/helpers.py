@@ -1,21 +1,5 @@
-"""Small test helpers shared across suites."""
+"""Test helpers: the condition wait lives with the process tools in scripts/."""
 
-from __future__ import annotations
+from scripts.waiting import wait_until
 
-import time
-from collections.abc import Callable
-from typing import TypeVar
-
-T = TypeVar("T")
-
-
-def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, message: str = "") -> T:
-    """Poll `predicate` until it returns something truthy and return that; replaces fixed sleeps."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= end:
-            raise AssertionError(message or f"condition not met within {timeout:g} s: {predicate!r}")
-        time.sleep(interval)
+__all__ = ["wait_until"]

@@ -78,8 +78,7 @@ def test_function_from_a_main_script_travels_with_its_helpers(client, tmp_path):
 
 def test_remote_exception_is_reraised_with_its_type_and_traceback(client):
     with pytest.raises(ValueError, match="nope") as caught:
-        client.result(client.submit(client.register(ff.nested_failure if False else ff.raise_value_error), "nope"),
-                      timeout=30)
+        client.result(client.submit(client.register(ff.raise_value_error), "nope"), timeout=30)
     assert "raise_value_error" in caught.value.remote_traceback
     with pytest.raises(KeyError) as caught:
         client.result(client.submit(client.register(ff.nested_failure)), timeout=30)

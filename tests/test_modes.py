@@ -241,3 +241,28 @@ def test_first_sigterm_drains_running_tasks(stack):
     os.killpg(platform.dispatcher.pid, signal.SIGTERM)
     assert platform.dispatcher.popen.wait(20) == 0
     assert platform.api.value(task_id, wait=5) == "finished"
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_curve_worker_off_the_allow_list_gets_no_work(stack, tmp_path, mode):
+    import shutil
+
+    import zmq.auth
+
+    from workers.security import generate_keys
+
+    keys = tmp_path / "keys"
+    generate_keys(keys)
+    stranger = tmp_path / "stranger"
+    (stranger / "workers").mkdir(parents=True)
+    shutil.copy(keys / "server.key", stranger / "server.key")
+    zmq.auth.create_certificates(str(stranger / "workers"), "worker")  # a keypair nobody authorized
+
+    api = Api(stack.web())
+    dispatcher = stack.dispatcher(mode, "--keys", str(keys))
+    stack.worker(mode, 1, endpoint_of(dispatcher), "--keys", str(stranger))
+    task_id = api.submit(api.register(ff.add), 20, 22)
+    time.sleep(2.0)  # give the stranger every chance to be (wrongly) served
+    assert api.status(task_id) == "QUEUED"
+    stack.worker(mode, 1, endpoint_of(dispatcher), "--keys", str(keys))
+    assert api.value(task_id) == 42

@@ -48,6 +48,7 @@ class Liveness:
 
 class RemoteWorker:
     def __init__(self, mode: str, processes: int, endpoint: str, *, keys_dir: str | None = None,
+                 key_name: str = "worker",
                  heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL,
                  heartbeat_liveness: int = protocol.HEARTBEAT_LIVENESS,
                  max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, clock=time.monotonic):
@@ -55,6 +56,7 @@ class RemoteWorker:
         self.processes = processes
         self.endpoint = endpoint
         self.keys_dir = keys_dir
+        self.key_name = key_name
         self.interval = heartbeat_interval
         self.liveness = Liveness(heartbeat_interval, heartbeat_liveness)
         self.clock = clock
@@ -110,7 +112,7 @@ class RemoteWorker:
         if self.keys_dir:
             from workers.security import secure_client
 
-            secure_client(self.socket, self.keys_dir)
+            secure_client(self.socket, self.keys_dir, self.key_name)
         self.socket.connect(self.endpoint)
         info = protocol.WorkerInfo(self.processes, socket.gethostname(), os.getpid(), busy=self.pool.busy)
         free = 0 if self.stopping else self.pool.free - len(self.backlog)
@@ -211,7 +213,9 @@ def main(mode: str, argv=None) -> int:
                                      description=f"Run a {mode} worker with N processes.")
     parser.add_argument("processes", type=int, help="number of worker processes")
     parser.add_argument("endpoint", help="dispatcher address, e.g. tcp://127.0.0.1:7001")
-    parser.add_argument("--keys", dest="keys_dir", default=None, help="CURVE key directory for this worker")
+    parser.add_argument("--keys", dest="keys_dir", default=None,
+                        help="CURVE key directory: server.key and workers/NAME.key_secret")
+    parser.add_argument("--key-name", default="worker", help="NAME of this worker's keypair (default: worker)")
     parser.add_argument("--heartbeat-interval", type=float, default=protocol.HEARTBEAT_INTERVAL)
     parser.add_argument("--heartbeat-liveness", type=int, default=protocol.HEARTBEAT_LIVENESS)
     parser.add_argument("--max-result-bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES)
@@ -220,7 +224,7 @@ def main(mode: str, argv=None) -> int:
         parser.error("processes must be at least 1")
     logging.basicConfig(level=os.environ.get("FAAS_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    RemoteWorker(mode, args.processes, args.endpoint, keys_dir=args.keys_dir,
+    RemoteWorker(mode, args.processes, args.endpoint, keys_dir=args.keys_dir, key_name=args.key_name,
                  heartbeat_interval=args.heartbeat_interval, heartbeat_liveness=args.heartbeat_liveness,
                  max_result_bytes=args.max_result_bytes).run()
     return 0

@@ -1,0 +1,21 @@
+"""Waiting on a condition with a deadline, instead of sleeping and hoping."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.02, message: str = "") -> T:
+    """Poll `predicate` until it returns something truthy and return that; replaces fixed sleeps."""
+    end = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= end:
+            raise AssertionError(message or f"condition not met within {timeout:g} s: {predicate!r}")
+        time.sleep(interval)
