@@ -6,6 +6,7 @@ them with a handful of statements.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import defaultdict
 
@@ -32,6 +33,15 @@ class PendingWrites:
 
     def finish(self, outcome: services.Outcome) -> None:
         self.outcomes.append(outcome)
+
+    def forget_workers(self) -> None:
+        """Drop worker links from what is pending (their rows are gone)."""
+        running = defaultdict(list)
+        for (_, attempt), ids in self.running.items():
+            running[(None, attempt)].extend(ids)
+            self.running_at.setdefault((None, attempt), self.running_at[(_, attempt)])
+        self.running = running
+        self.outcomes = [dataclasses.replace(o, worker_id=None) for o in self.outcomes]
 
     def flush(self) -> int:
         """Apply everything gathered; RUNNING first so a final state is never overwritten."""

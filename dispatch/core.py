@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import redis
 import zmq
+from django.db import DatabaseError, IntegrityError
 
 from dispatch.batch import PendingWrites, from_timestamp
 from dispatch.config import DispatcherConfig
@@ -74,6 +75,7 @@ class Dispatcher:
         self.config = config
         self.clock = clock
         self.in_flight: dict[str, InFlight] = {}
+        self.unstored: list[tuple[InFlight | None, protocol.Result]] = []  # results Redis has not taken yet
         self.functions = FunctionCache()
         self.writes = PendingWrites()
         self.worker_ids: dict[str, int] = {}  # identity -> Worker row id
@@ -97,19 +99,67 @@ class Dispatcher:
         self.initialize()
         try:
             while not self.stopped:
-                self.loop(self.clock())
+                try:
+                    self.loop(self.clock())
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    self.wait_for_redis(exc)
         finally:
             self.shutdown()
+
+    def wait_for_redis(self, error: Exception) -> None:
+        """Redis went away: keep the workers' results, retry with back-off, then pick up
+        where we were (new subscription, our own unacknowledged entries, unsaved results)."""
+        log.warning("lost Redis (%s); retrying", error)
+        backoff = 0.1
+        while not self.stopped:
+            try:
+                self.redis.ping()
+                break
+            except (redis.ConnectionError, redis.TimeoutError):
+                self.serve_workers_without_redis(backoff)
+                backoff = min(backoff * 2, 2.0)
+        if self.stopped:
+            return
+        mirror.ensure_group(self.redis)
+        self.subscribe()
+        self.store_pending()
+        self.recover(self.own_pending_entries())
+        self.backlog = True
+        log.info("Redis is back")
 
     def initialize(self) -> None:
         self.redis = redis.Redis.from_url(self.config.redis_url, socket_keepalive=True)
         mirror.ensure_group(self.redis)
         self.start_script, self.finish_script = mirror.register_scripts(self.redis)
-        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.subscribe(mirror.WAKE_CHANNEL, mirror.CONTROL_CHANNEL)
+        self.subscribe()
         self.refresh_liveness()
         self.setup()
         log.info("%s dispatcher %s ready (redis %s)", self.mode, self.config.consumer, self.config.redis_url)
+
+    def serve_workers_without_redis(self, timeout: float) -> None:
+        """Keep heartbeats and results flowing while Redis is away; results wait in `unstored`."""
+        try:
+            ready = self.wait(timeout)
+            now = self.clock()
+            if ready:
+                self.on_ready(ready, now)
+            self.tick(now)
+        except (redis.ConnectionError, redis.TimeoutError):
+            pass
+
+    def subscribe(self) -> None:
+        if self.pubsub is not None:
+            self.pubsub.close()
+        self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        self.pubsub.subscribe(mirror.WAKE_CHANNEL, mirror.CONTROL_CHANNEL)
+
+    def own_pending_entries(self) -> list:
+        """Entries delivered to this dispatcher but not acknowledged and not held: claimed
+        just as Redis went away."""
+        response = self.redis.xreadgroup(mirror.GROUP, self.config.consumer, {mirror.STREAM: "0"}, count=10_000)
+        entries = response[0][1] if response else []
+        held = {f.entry_id for f in self.in_flight.values()}
+        return [(entry_id, fields) for entry_id, fields in entries if fields and entry_id not in held]
 
     def shutdown(self) -> None:
         """Fail what is still held (a cold stop), flush, and close everything."""
@@ -169,8 +219,9 @@ class Dispatcher:
         items = self.poll_items()
         for item in items:
             poller.register(item, zmq.POLLIN)
-        if self.pubsub is not None:
-            poller.register(self.pubsub.connection._sock, zmq.POLLIN)
+        sock = getattr(getattr(self.pubsub, "connection", None), "_sock", None)
+        if sock is not None:  # wake on pub/sub too (redis-py keeps no public handle on it)
+            poller.register(sock, zmq.POLLIN)
         events = dict(poller.poll(int(timeout * 1000)))
         return {item for item in items if item in events}
 
@@ -206,7 +257,14 @@ class Dispatcher:
         if free <= 0 or not (self.backlog or now >= self.next_claim_check):
             return
         self.next_claim_check = now + self.config.idle_poll
-        response = self.redis.xreadgroup(mirror.GROUP, self.config.consumer, {mirror.STREAM: ">"}, count=free)
+        try:
+            response = self.redis.xreadgroup(mirror.GROUP, self.config.consumer, {mirror.STREAM: ">"}, count=free)
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.warning("the task stream vanished (Redis restarted without its data?); recreating it")
+            mirror.ensure_group(self.redis)
+            return
         entries = response[0][1] if response else []
         self.backlog = len(entries) >= free
         if entries:
@@ -270,9 +328,8 @@ class Dispatcher:
     def complete(self, results: list[protocol.Result]) -> None:
         """Record results from a worker. A result for a task this dispatcher does not hold
         (sent before a restart or reconnect) still counts unless the task is already final."""
-        finished = [(self.in_flight.pop(r.task_id, None), r) for r in results]
-        if finished:
-            self.store(finished)
+        self.unstored.extend((self.in_flight.pop(r.task_id, None), r) for r in results)
+        self.store_pending()
 
     def fail(self, task_id: str, exc: Exception, error: str | None = None) -> None:
         flight = self.in_flight.pop(task_id, None)
@@ -280,7 +337,8 @@ class Dispatcher:
             return
         result = protocol.Result(task_id, TaskStatus.FAILED.value, serialization.dumps(exc),
                                  error or f"{type(exc).__name__}: {exc}", None, time.time())
-        self.store([(flight, result)])
+        self.unstored.append((flight, result))
+        self.store_pending()
 
     def lose(self, task_ids: list[str], reason: str, retry: bool = True) -> None:
         """Tasks whose worker died, went silent or overran: re-queue while retries remain, else FAIL."""
@@ -309,8 +367,14 @@ class Dispatcher:
         pipe.execute()
         self.backlog = True
 
+    def store_pending(self) -> None:
+        """Final states to Redis now (one pipeline), to the database at the next flush. The
+        list is cleared only once Redis took it, so a Redis outage loses no result."""
+        if self.unstored:
+            self.store(self.unstored)
+            self.unstored = []
+
     def store(self, finished: list[tuple[InFlight | None, protocol.Result]]) -> None:
-        """Final states to Redis now (one pipeline), to the database at the next flush."""
         pipe = self.redis.pipeline(transaction=False)
         stored_at = repr(time.time())
         for flight, r in finished:
@@ -401,13 +465,29 @@ class Dispatcher:
     def flush(self, now: float, force: bool = False) -> None:
         if force or (len(self.writes) and now >= self.next_flush):
             self.next_flush = now + self.config.flush_interval
-            self.writes.flush()
+            self.flush_writes(now)
         if self.worker_dirty and (force or now >= self.next_worker_flush):
             self.next_worker_flush = now + WORKER_FLUSH_INTERVAL
-            services.workers_update({self.worker_ids[i]: s for i, s in self.worker_dirty.items()
-                                     if i in self.worker_ids})
-            self.worker_dirty.clear()
+            try:
+                services.workers_update({self.worker_ids[i]: s for i, s in self.worker_dirty.items()
+                                         if i in self.worker_ids})
+                self.worker_dirty.clear()
+            except DatabaseError:
+                log.exception("could not record worker state; will retry")
         self.publisher.flush(now, force=force)
+
+    def flush_writes(self, now: float) -> None:
+        """Apply the batch; a database outage keeps it for the next try instead of crashing
+        (Redis already holds every state, so clients see no difference)."""
+        try:
+            self.writes.flush()
+        except IntegrityError:  # e.g. an operator deleted a Worker row we still point at
+            log.exception("database rejected the batch; retrying it without worker links")
+            self.worker_ids.clear()
+            self.writes.forget_workers()
+        except DatabaseError:
+            log.exception("database unavailable; keeping %d write(s) for the next flush", len(self.writes))
+            self.next_flush = now + 1.0
 
     # --- hooks for modes -----------------------------------------------------------------
 

@@ -171,10 +171,16 @@ CACHES = {
     }
 }
 
+# redis-py 8 times out socket reads after 5 s by default, exactly as long as channels-redis
+# blocks in BZPOPMIN waiting for a message, so every quiet websocket consumer crashed after
+# ~5 s (django/channels_redis#422). A longer read timeout keeps them alive and still notices
+# a dead connection.
+CHANNEL_LAYER_SOCKET_TIMEOUT = 30
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": "faas:channels:"},
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": CHANNEL_LAYER_SOCKET_TIMEOUT}],
+                   "prefix": "faas:channels:"},
     }
 }
 

@@ -76,11 +76,13 @@ class FunctionAdmin(ReadOnlyAdmin):
 
 @admin.register(Task)
 class TaskAdmin(ReadOnlyAdmin):
-    list_display = ["id", "function_name", "status_badge", "owner", "worker", "attempts", "created_at", "run_time"]
+    list_display = ["short_id", "function_name", "status_badge", "owner", "worker", "attempts", "created_at",
+                    "run_time"]
+    list_display_links = ["short_id"]
     list_filter = ["status", FunctionFilter, "worker", "owner", "created_at"]
     search_fields = ["id", "function__name"]
     date_hierarchy = "created_at"
-    sortable_by = ["id", "status_badge", "created_at"]  # indexed columns only
+    sortable_by = ["short_id", "status_badge", "created_at"]  # indexed columns only
     show_full_result_count = False
     list_per_page = 50
     list_select_related = ["function", "owner", "worker"]
@@ -111,6 +113,10 @@ class TaskAdmin(ReadOnlyAdmin):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)  # deleting collects every related row: use purge or cancel
         return actions
+
+    @admin.display(description="task", ordering="id")
+    def short_id(self, obj: Task) -> str:
+        return format_html('<code title="{}">{}</code>', obj.id, str(obj.id)[:8])
 
     @admin.display(description="function", ordering="function__name")
     def function_name(self, obj: Task) -> str:

@@ -180,12 +180,12 @@ class FaaSClient:
         if not isinstance(exc, Exception):  # SystemExit, KeyboardInterrupt: never raise those here
             cause, exc = exc, FunctionFailedException(f"the function raised {_repr(exc)}\n{error}")
             exc.__cause__ = cause
-        for name, value in (("remote_traceback", getattr(exc, "remote_traceback", None)),
-                            ("task_id", body.get("task_id"))):
-            try:
-                setattr(exc, name, value)
-            except (AttributeError, TypeError):
-                pass
+        for name, value in (("remote_traceback", None), ("task_id", body.get("task_id"))):
+            if not hasattr(exc, name):
+                try:
+                    setattr(exc, name, value)
+                except (AttributeError, TypeError):
+                    pass
         return exc
 
     # --- HTTP -----------------------------------------------------------------------------

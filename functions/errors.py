@@ -1,5 +1,8 @@
 """API errors: a 413 for oversized payloads, and JSON bodies for every error, never HTML."""
 
+import logging
+
+import redis
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from rest_framework import status
@@ -8,11 +11,19 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from functions import services
 
+log = logging.getLogger(__name__)
+
 
 class PayloadTooLarge(APIException):
     status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
     default_detail = "The payload is larger than this server accepts."
     default_code = "payload_too_large"
+
+
+class ServiceUnavailable(APIException):
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_detail = "The service is unavailable right now. Retry shortly."
+    default_code = "service_unavailable"
 
 
 def exception_handler(exc, context):
@@ -21,6 +32,9 @@ def exception_handler(exc, context):
         exc = NotFound(str(exc))
     elif isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge("The request body is larger than this server accepts.")
+    elif isinstance(exc, redis.RedisError):  # nothing was queued: the transaction rolled back
+        log.warning("Redis unavailable: %s", exc)
+        exc = ServiceUnavailable("The task store is unavailable right now; nothing was changed. Retry shortly.")
     return drf_exception_handler(exc, context)
 
 

@@ -224,18 +224,29 @@ class FaaSExecutor(Executor):
             log.warning("could not cancel task %s: %s", future.task_id, exc)
             return False
 
+    def _stop(self, future: TaskFuture) -> None:
+        try:
+            self.client.cancel(future.task_id)
+        except Exception as exc:
+            log.warning("could not stop task %s: %s", future.task_id, exc)
+
     # --- shutting down --------------------------------------------------------------------
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, stop_running: bool = False) -> None:
         """Accept no more work; `cancel_futures` cancels every task not yet started; `wait`
-        blocks until every other future has resolved."""
+        blocks until every other future has resolved. `stop_running` (not in the Executor
+        contract) also stops the running tasks, whose futures raise WorkerFailureException."""
         with self._cond:
             self._shutdown = True
             pending = sorted(self._unresolved)
             self._cond.notify_all()
-        if cancel_futures:
+        if cancel_futures or stop_running:
             for future in pending:
                 future.cancel()
+        if stop_running:
+            for future in pending:
+                if not future.done():
+                    self._stop(future)
         if wait:
             for thread in list(self._threads):
                 thread.join()

@@ -95,7 +95,7 @@ class Stack:
                     "--no-control-socket", "faas_site.wsgi"]
         proc = self.spawn(f"web-{server}", argv)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: self._answers(url, proc), timeout=30, message=f"web server did not start:\n{proc.output()}")
+        wait_until(lambda: self._answers(url, proc), timeout=60, message="web server did not start")
         return url
 
     def _answers(self, url: str, proc: Proc) -> bool:

@@ -35,7 +35,8 @@ def _redis_settings(redis_server):
         CACHES={"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url,
                             "KEY_PREFIX": "faas:cache"}},
         CHANNEL_LAYERS={"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
-                                    "CONFIG": {"hosts": [url], "prefix": "faas:channels:"}}},
+                                    "CONFIG": {"hosts": [{"address": url, "socket_timeout": 30}],  # see settings
+                                               "prefix": "faas:channels:"}}},
     ):
         yield
 

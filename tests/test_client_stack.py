@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,9 +9,9 @@ import pytest
 
 from functions.client import FaaSClient, FaaSExecutor
 from tests import fixtures_functions as ff
-from tests.client_shipping import install_user_module, main_script
+from tests.client_shipping import install_user_module
 from tests.helpers import wait_until
-from tests.stack import REPO, Stack, endpoint_of
+from tests.stack import Stack, endpoint_of
 from workers.exceptions import FunctionFailedException, WorkerFailureException
 
 MODES = ["local", "pull", "push"]
@@ -66,14 +62,6 @@ def test_function_from_a_module_the_workers_cannot_import(client, tmp_path, monk
     with pytest.raises(user.DetailedError, match="nope") as caught:
         client.result(client.submit(client.register(user.fail), "nope"), timeout=30)
     assert caught.value.detail == 4
-
-
-def test_function_from_a_main_script_travels_with_its_helpers(client, tmp_path):
-    script = main_script(tmp_path)
-    done = subprocess.run([sys.executable, str(script), client.base_url], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=90, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "18"
 
 
 def test_remote_exception_is_reraised_with_its_type_and_traceback(client):
@@ -155,65 +143,9 @@ def process_alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-# --- the executor -------------------------------------------------------------------------
+# --- the executor, in every mode ------------------------------------------------------------
 
 def test_executor_map_keeps_order(client):
     with FaaSExecutor(client) as executor:
         assert list(executor.map(ff.add, range(200), range(200))) == [2 * i for i in range(200)]
         assert len(executor._by_digest) == 1  # registered once
-
-
-def test_executor_submit_as_completed_and_remote_exceptions(client):
-    with FaaSExecutor(client, waiters=3) as executor:
-        futures = [executor.submit(ff.sleep_then, 0.05 * (i % 4), i) for i in range(20)]
-        failing = executor.submit(ff.raise_value_error, "bad")
-        done = list(concurrent.futures.as_completed(futures + [failing], timeout=60))
-        assert len(done) == 21 and {f.result() for f in futures} == set(range(20))
-        with pytest.raises(ValueError, match="bad") as caught:
-            failing.result()
-        assert "raise_value_error" in caught.value.remote_traceback
-        assert len(executor._functions) == 2
-
-
-def test_executor_map_timeout(client):
-    with FaaSExecutor(client) as executor:
-        results = executor.map(ff.sleep_then, [0, 30])
-        assert next(results) is None
-        started = time.monotonic()
-        with pytest.raises(TimeoutError):
-            list(executor.map(ff.sleep_then, [30], timeout=0.5))
-        assert time.monotonic() - started < 3
-        results.close()  # cancels what is left; the running 30 s task is not ours to stop here
-        executor.shutdown(wait=False, cancel_futures=True)
-
-
-def test_future_cancel_queued_true_running_false(one_process, tmp_path):
-    client = one_process
-    marker = tmp_path / "marker"
-    with FaaSExecutor(client) as executor:
-        blocker = executor.submit(ff.sleep_then, 60)
-        wait_until(lambda: client.status(blocker.task_id) == "RUNNING", timeout=30)
-        queued = executor.submit(ff.write_marker, str(marker))
-        assert queued.cancel() is True and queued.cancelled()
-        assert client.status(queued.task_id) == "FAILED"
-        assert concurrent.futures.wait([queued], timeout=1).done == {queued}
-        assert blocker.cancel() is False and blocker.running()
-        assert client.cancel(blocker.task_id) is True  # stopping a running task is explicit
-        with pytest.raises(WorkerFailureException, match="cancelled"):
-            blocker.result(timeout=30)
-        assert executor.submit(ff.add, 1, 2).result(timeout=30) == 3
-    assert not marker.exists()
-
-
-def test_shutdown_cancel_futures(one_process, tmp_path):
-    client = one_process
-    executor = FaaSExecutor(client)
-    blocker = executor.submit(ff.sleep_then, 1.0, "done")
-    wait_until(lambda: client.status(blocker.task_id) == "RUNNING", timeout=30)
-    queued = [executor.submit(ff.write_marker, str(tmp_path / f"m{i}")) for i in range(5)]
-    executor.shutdown(wait=True, cancel_futures=True)
-    assert blocker.result() == "done"
-    assert all(f.cancelled() for f in queued)
-    with pytest.raises(RuntimeError, match="after shutdown"):
-        executor.submit(ff.add, 1, 2)
-    assert not list(tmp_path.glob("m*"))

@@ -266,3 +266,32 @@ def test_curve_worker_off_the_allow_list_gets_no_work(stack, tmp_path, mode):
     assert api.status(task_id) == "QUEUED"
     stack.worker(mode, 1, endpoint_of(dispatcher), "--keys", str(keys))
     assert api.value(task_id) == 42
+
+
+def test_redis_restart_loses_no_acknowledged_task(transactional_db, tmp_path):
+    """Redis with append-only persistence restarts under a running platform: the running
+    task finishes, queued ones run, and the API answers 503 (not 500) while Redis is away."""
+    from django.conf import settings
+
+    from scripts.redis_server import RedisServer
+    from tests.conftest import database_url
+
+    server = RedisServer(appendonly=True).start()
+    stack = Stack(server.url, database_url(settings.DATABASES["default"]), tmp_path)
+    try:
+        platform = start_platform(stack, "push")
+        function_id = platform.api.register(ff.sleep_then)
+        running = platform.api.submit(function_id, 2.0, "survived")
+        queued = [platform.api.submit(function_id, 0.1, i) for i in range(4)]
+        wait_until(lambda: platform.api.status(running) == "RUNNING", timeout=15)
+        server.stop()
+        response = platform.api.http.post(platform.api.url + "/execute_function",
+                                          json={"function_id": function_id, "payload": serialize(((0,), {}))})
+        assert response.status_code == 503 and "Retry" in response.json()["detail"]
+        server.start()
+        assert platform.api.value(running, wait=40) == "survived"
+        assert [platform.api.value(t, wait=40) for t in queued] == [0, 1, 2, 3]
+        assert platform.api.value(platform.api.submit(function_id, 0, "after")) == "after"
+    finally:
+        stack.close()
+        server.cleanup()

@@ -20,7 +20,7 @@
   const state = {
     counts: {}, queue: {}, tasks: [], shown: new Map(), history: new Map(), workers: new Map(),
     perSecond: new Map(), clockOffset: 0, socket: null, backoff: BACKOFF_INITIAL_MS,
-    retryAt: 0, lastMessage: 0, lastAsk: 0,
+    retryAt: 0, lastMessage: 0, lastUpdate: 0, lastAsk: 0,
   };
 
   const serverNow = () => Date.now() / 1000 + state.clockOffset;
@@ -36,6 +36,7 @@
   }
 
   function applyUpdate(msg) {
+    state.lastUpdate = Date.now();
     for (const [identity, change] of Object.entries(msg.workers || {})) {
       state.workers.set(identity, Object.assign({ identity }, state.workers.get(identity), change));
     }
@@ -168,18 +169,19 @@
   function renderConnection() {
     const badge = byId("faas-connection");
     const open = state.socket && state.socket.readyState === WebSocket.OPEN;
-    const silent = Date.now() - state.lastMessage;
+    const quiet = Date.now() - state.lastUpdate;
     let label = "live";
     let kind = "live";
     if (!open) {
       const wait = Math.max(0, Math.ceil((state.retryAt - Date.now()) / 1000));
       [label, kind] = state.retryAt ? [`disconnected, retrying in ${wait} s`, "down"] : ["connecting\u2026", "connecting"];
-    } else if (silent > STALE_AFTER_MS) {
-      [label, kind] = ["connected, no dispatcher updates", "idle"];
+    } else if (quiet > STALE_AFTER_MS) {
+      [label, kind] = ["connected, no dispatcher is publishing", "idle"];
     }
     badge.textContent = label;
     badge.className = `faas-badge faas-badge-${kind}`;
-    byId("faas-updated").textContent = state.lastMessage ? `last message ${Math.round(silent / 1000)} s ago` : "";
+    const updated = state.lastUpdate ? `last dispatcher update ${Math.round(quiet / 1000)} s ago` : "";
+    byId("faas-updated").textContent = open ? updated : "";
   }
 
   // --- the connection ----------------------------------------------------------------------
@@ -191,6 +193,7 @@
     state.socket = socket;
     socket.onopen = () => {
       state.backoff = BACKOFF_INITIAL_MS;
+      state.lastUpdate = Date.now(); // a running dispatcher speaks within seconds; give it that long
       renderConnection();
     };
     socket.onmessage = (event) => {

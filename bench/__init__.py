@@ -1,0 +1,1 @@
+"""The performance suite: `python -m bench [--quick] [--out DIR]` (see docs/benchmark.md)."""

@@ -1,0 +1,172 @@
+"""The Markdown report beside results.json: a summary against the targets, then one section
+per measurement with its table and plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from bench import plots, targets
+from bench.breakdown import STAGES, ordered
+
+FLOOR_LABELS = {
+    "redis_ping_ms": "Redis PING (redis-py, one connection)",
+    "zmq_reqrep_ms": "ZeroMQ REQ/REP, 64 bytes, between two processes",
+    "gunicorn_status_404_ms": "gunicorn: GET /status/<malformed> → 404 (DRF view), lean client",
+    "gunicorn_status_404_sdk_ms": "gunicorn: GET /status/<malformed> → 404, requests.Session (the SDK's client)",
+    "gunicorn_django_404_ms": "gunicorn: GET /no-such-path → 404 (Django only, no DRF), lean client",
+    "daphne_status_404_ms": "daphne: GET /status/<malformed> → 404 (DRF view), lean client",
+    "daphne_django_404_ms": "daphne: GET /no-such-path → 404 (Django only), lean client",
+}
+
+
+def f(value, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def image(name: str | None, alt: str) -> str:
+    return f"\n![{alt}]({name})\n" if name else ""
+
+
+def summary_section(results: dict) -> str:
+    rows = targets.evaluate(results)
+    results["targets"] = rows
+    level = results["meta"]["level"]
+    caveat = "" if level == "full" else (
+        f"\n**This is a `{level}` run**: fewer tasks than the issue specifies, so the figures are indicative only.\n")
+    body = table(["target (push, 2 processes)", "goal", "measured", "verdict", "note"],
+                 [[r["target"], r["goal"], f"{f(r['measured'])} {r['unit']}", f"**{r['verdict']}**", r["note"]]
+                  for r in rows])
+    missed = [r["target"] for r in rows if r["verdict"] != targets.MET]
+    tail = f"\n\nMissed or not measured: {', '.join(missed)}." if missed else "\n\nEvery target met."
+    return f"## Summary against the targets\n{caveat}\n{body}{tail}\n"
+
+
+def errors_section(results: dict) -> str:
+    if not results.get("errors"):
+        return ""
+    items = "\n".join(f"- **{e['section']}**: {e['error']}" for e in results["errors"])
+    return f"## Sections that failed\n\n{items}\n\nTracebacks are in results.json.\n"
+
+
+def floor_section(results: dict) -> str:
+    floor = results.get("floor") or {}
+    rows = [[FLOOR_LABELS.get(k, k), f(v["p50"], 3), f(v["p95"], 3), f(v["p99"], 3), v["n"]] for k, v in floor.items()]
+    return ("## The floor on this machine\n\nThe cheapest round trips the platform is built from, measured in "
+            "the same run.\n\n" + table(["round trip", "p50 ms", "p95 ms", "p99 ms", "samples"], rows) + "\n")
+
+
+def throughput_section(results: dict, images: dict) -> str:
+    rows = []
+    for r in results.get("throughput", []):
+        cpu = r["cpu_ms_per_task"]
+        how = f"{r['clients']} clients" if r["style"] == "per-request" else f"{r['batch_size']} per request"
+        rows.append([r["mode"], r["style"], r["server"], how, f"{r['completed']}/{r['tasks']}", r["failed"],
+                     f(r["makespan_s"], 2), f"**{f(r['tasks_per_s'], 0)}**", f(r["submit_per_s"], 0),
+                     f(r["request_ms"]["p50"]), f(r["request_ms"]["p95"]),
+                     " / ".join(f(cpu.get(k), 2) for k in ("web", "dispatcher", "workers", "redis", "client")),
+                     "; ".join(r["errors"]) or ""])
+    header = ["mode", "style", "server", "load", "completed", "failed", "makespan s", "tasks/s", "submitted/s",
+              "request p50 ms", "request p95 ms", "CPU ms/task web / dispatcher / workers / redis / client", "errors"]
+    return ("## Throughput\n\nNo-op tasks end to end, from the first request to the last completion heard "
+            "(completion observed through a Redis pattern subscription to the per-task done channels, not by "
+            "polling the API). CPU is per completed task, summed over every process of each part.\n\n"
+            + table(header, rows) + "\n" + image(images.get("throughput"), "throughput"))
+
+
+def latency_section(results: dict, images: dict) -> str:
+    rows = [[r["mode"], r["round_trips"], f"**{f(r['round_trip_ms']['p50'], 2)}**", f(r["round_trip_ms"]["p95"], 2),
+             f(r["round_trip_ms"]["p99"], 2), f(r["round_trip_ms"]["max"], 2), f(r["submit_ms"]["p50"], 2),
+             f(r["result_ms"]["p50"], 2), "; ".join(r["errors"])] for r in results.get("latency", [])]
+    header = ["mode", "round trips", "p50 ms", "p95 ms", "p99 ms", "max ms", "submit p50 ms", "result wait p50 ms",
+              "errors"]
+    return ("## Latency\n\nSequential no-op round trips through the SDK (`FaaSClient.submit` then "
+            "`FaaSClient.result`, which long-polls `/result?wait=`).\n\n" + table(header, rows) + "\n"
+            + image(images.get("latency"), "latency"))
+
+
+def breakdown_section(results: dict, images: dict) -> str:
+    names = [name for name, _, _ in STAGES]
+    rows = []
+    for r in ordered(results.get("breakdown", []), results["meta"]["config"]["modes"]):
+        rows.append([f"{r['mode']}: {r['run']}"] + [
+            f"{f(r['stages'][n]['p50'], 2)} / {f(r['stages'][n]['p95'], 2)}" for n in names])
+    return ("## Where the time goes\n\nMedian / p95 milliseconds of each stage, from the timestamps every task "
+            "records in its Redis hash plus the client's own clock (same machine, same clock). See "
+            "docs/benchmark.md for what each stage covers.\n\n" + table(["run"] + names, rows) + "\n"
+            + image(images.get("breakdown"), "breakdown"))
+
+
+def scaling_section(results: dict, images: dict) -> str:
+    rows = []
+    for p in sorted(results.get("scaling", []), key=lambda p: (p["mode"], p["kind"], p["processes"])):
+        rows.append([p["mode"], p["kind"], p["processes"], p["tasks"], f"{p['completed']}/{p['tasks']}",
+                     f(p["makespan_s"], 3), f(p["tasks_per_s"], 0), f(p["ideal_s"], 2),
+                     f(100 * p["efficiency_ideal"], 1) if p["efficiency_ideal"] else "–",
+                     f(100 * p["efficiency_vs_1"], 1) if p.get("efficiency_vs_1") else "–",
+                     "; ".join(p["errors"])])
+    header = ["mode", "task", "processes", "tasks", "completed", "makespan s", "tasks/s", "ideal s",
+              "efficiency vs ideal %", "efficiency vs 1 process %", "errors"]
+    cfg = results["meta"]["config"]
+    return (f"## Weak scaling\n\n{cfg['tasks_per_process']} tasks per worker process, queued in one "
+            f"/execute_batch request; sleep tasks sleep {cfg['sleep_seconds']:g} s, so the ideal makespan is "
+            f"{cfg['tasks_per_process'] * cfg['sleep_seconds']:g} s at every size. Median of "
+            f"{cfg['scaling_repeats']} run(s) per point.\n\n" + table(header, rows) + "\n"
+            + image(images.get("scaling"), "weak scaling"))
+
+
+def memory_section(results: dict, images: dict) -> str:
+    m = results.get("memory") or {}
+    if not m:
+        return "## Memory under a burst\n\nNot measured (see the failed sections).\n"
+    d, w, s = m["dispatcher_rss_mb"], m["web_rss_mb"], m["status_ms"]
+    rows = [["dispatcher RSS (main process)", f(d["before"]), f"**{f(d['peak'])}**", f(d["after"])],
+            [f"web RSS ({m['web_processes']} gunicorn processes summed)", f(w["before"]), f(w["peak"]), f(w["after"])]]
+    return (f"## Memory under a burst\n\n{m['tasks']} no-op tasks queued in batches of {m['batch_size']} while a "
+            f"{m['mode']} dispatcher with {m['processes']} worker processes runs; RSS sampled every 0.1 s "
+            f"(VmRSS from /proc). Peak stream length {m['peak_queue_length']:,}; the burst drained in "
+            f"{f(m['makespan_s'], 2)} s ({f(m['tasks_per_s'], 0)} tasks/s), {m['completed']} completed, "
+            f"{m['failed']} failed.\n\n"
+            + table(["process", "before MB", "peak MB", "after MB"], rows)
+            + f"\n\n`GET /status/<id>` while the burst drains (one client, {s['n']} requests): p50 "
+              f"{f(s['p50'], 2)} ms, **p95 {f(s['p95'], 2)} ms**, p99 {f(s['p99'], 2)} ms, max {f(s['max'], 2)} ms."
+            + (f" Errors: {'; '.join(m['status_errors'])}." if m.get("status_errors") else "") + "\n"
+            + image(images.get("memory"), "memory"))
+
+
+def profile_section(results: dict) -> str:
+    prof = results.get("profile")
+    if not prof:
+        return ""
+    parts = [f"## Profile (pyinstrument)\n\n{prof.get('note', '')}\n"]
+    for name, text in prof.get("top", {}).items():
+        parts.append(f"### {name}\n\n```\n{text}\n```\n")
+    return "\n".join(parts)
+
+
+def write_report(results: dict, out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    images = plots.all_plots(results, out)
+    meta = results["meta"]
+    head = (f"# Benchmark report\n\n`{meta.get('command')}` · level **{meta['level']}** · {meta['started']} · "
+            f"{f(meta.get('duration_s'), 0)} s · Python {meta['python']} · {meta['cpus']} CPUs · "
+            f"{meta['platform']}\n\nWeb server for the REST API: {meta.get('web', '?')}. Redis, web servers, "
+            f"dispatchers and workers all run on this machine, beside the load generator. Raw figures: "
+            f"results.json.\n")
+    sections = [head, summary_section(results), errors_section(results), floor_section(results),
+                throughput_section(results, images), latency_section(results, images),
+                breakdown_section(results, images), scaling_section(results, images),
+                memory_section(results, images), profile_section(results)]
+    path = out / "report.md"
+    path.write_text("\n".join(s for s in sections if s))
+    return path

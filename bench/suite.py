@@ -1,0 +1,125 @@
+"""The suite: start the platform, run every section in order, stop everything, write the report.
+
+A section that fails is recorded (with its error) and the suite goes on, so one problem
+never hides the other figures; the report says which sections failed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from bench import breakdown, floor, latency, memory, profiling, scaling, throughput
+from bench.config import TARGET_MODE, BenchConfig
+from bench.harness import BenchPlatform, dump
+from bench.load import CompletionWatcher
+
+
+class Suite:
+    def __init__(self, config: BenchConfig, out: Path, profile: bool = False):
+        self.config, self.out, self.profile = config, out, profile
+        self.began = time.monotonic()
+        self.results: dict = {"meta": {}, "floor": {}, "throughput": [], "latency": [], "breakdown": [],
+                              "scaling": [], "memory": {}, "errors": []}
+
+    def say(self, text: str) -> None:
+        print(f"[bench {time.monotonic() - self.began:6.1f} s] {text}", file=sys.stderr, flush=True)
+
+    def section(self, name: str, fn, *args):
+        """Run one part; a failure is logged into the results instead of ending the suite."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self.say(f"{name} FAILED: {type(exc).__name__}: {exc}")
+            self.results["errors"].append({"section": name, "error": f"{type(exc).__name__}: {exc}",
+                                           "traceback": traceback.format_exc()[-4000:]})
+            return None
+
+    def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        config, harness = self.config, BenchPlatform(self.out)
+        self.results["meta"] = meta(config)
+        try:
+            self.say("starting Redis, database and web servers")
+            harness.start(daphne=config.daphne)
+            self.results["meta"]["web"] = harness.web_description()
+            watcher = CompletionWatcher(harness.redis_server.url)
+            try:
+                self.say("floor")
+                self.results["floor"] = self.section("floor", floor.measure, harness.redis_server.url, harness.urls,
+                                                     config.floor_samples) or {}
+                for mode in config.modes:
+                    self.section(f"throughput/latency {mode}", self.per_mode, harness, watcher, mode)
+                for mode in config.modes:
+                    for processes in config.scaling_processes:
+                        self.section(f"scaling {mode} {processes}", self.scaling_point, harness, watcher, mode,
+                                     processes)
+                scaling.add_relative_efficiency(self.results["scaling"])
+                self.say(f"memory: burst of {config.burst_tasks} tasks")
+                self.results["memory"] = self.section("memory", self.memory, harness, watcher) or {}
+                if self.profile:
+                    self.say("profile: one-request-per-task run under pyinstrument")
+                    self.results["profile"] = self.section("profile", profiling.run, harness, watcher, config)
+            finally:
+                watcher.close()
+        except Exception as exc:
+            self.section("platform", _raise, exc)
+        finally:
+            self.say("stopping the platform")
+            harness.close()
+        self.results["meta"]["duration_s"] = time.monotonic() - self.began
+        return self.results
+
+    def per_mode(self, harness: BenchPlatform, watcher: CompletionWatcher, mode: str) -> None:
+        config = self.config
+        with harness.setup(mode, config.workers) as setup:
+            for style in (throughput.PER_REQUEST, throughput.BATCH):
+                self.say(f"throughput {mode} {style}: {config.throughput_tasks} tasks")
+                figures, rows, submitted, seen = throughput.run(harness, setup, watcher, config, style)
+                self.results["throughput"].append(figures)
+                if style == throughput.PER_REQUEST:
+                    self.results["breakdown"].append({"mode": mode, "run": "one request per task, 16 clients"
+                                                      if config.clients == 16 else f"one request per task, "
+                                                      f"{config.clients} clients",
+                                                      "stages": breakdown.breakdown(rows, submitted.sent_at, seen)})
+            if mode == TARGET_MODE and "daphne" in harness.urls:
+                self.say(f"throughput {mode} per-request through daphne")
+                figures, *_ = throughput.run(harness, setup, watcher, config, throughput.PER_REQUEST, server="daphne")
+                self.results["throughput"].append(figures)
+            self.say(f"latency {mode}: {config.latency_round_trips} round trips")
+            figures, rows, sent, seen = latency.run(harness, setup, config.latency_round_trips, config.run_timeout)
+            self.results["latency"].append(figures)
+            self.results["breakdown"].append({"mode": mode, "run": "sequential round trips",
+                                                 "stages": breakdown.breakdown(rows, sent, seen)})
+
+    def scaling_point(self, harness: BenchPlatform, watcher: CompletionWatcher, mode: str, processes: int) -> None:
+        with harness.setup(mode, processes) as setup:
+            for kind in scaling.KINDS:
+                point = scaling.run_point(harness, setup, watcher, self.config, kind)
+                self.say(f"scaling {mode} {processes} {kind}: {point['makespan_s']:.3f} s")
+                self.results["scaling"].append(point)
+
+    def memory(self, harness: BenchPlatform, watcher: CompletionWatcher) -> dict:
+        with harness.setup(TARGET_MODE, self.config.workers) as setup:
+            return memory.run(harness, setup, watcher, self.config)
+
+
+def _raise(exc: Exception):
+    raise exc
+
+
+def meta(config: BenchConfig) -> dict:
+    return {"level": config.level, "config": config.as_dict(), "started": dt.datetime.now().isoformat(timespec="seconds"),
+            "python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
+            "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]])}
+
+
+def save(results: dict, out: Path) -> Path:
+    path = out / "results.json"
+    dump(path, results)
+    return path
