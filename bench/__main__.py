@@ -16,13 +16,17 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-out"), help="output directory (default bench-out)")
     parser.add_argument("--profile", action="store_true",
                         help="also profile web and dispatcher with pyinstrument during a one-request-per-task run")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     level = "smoke" if args.smoke else "quick" if args.quick else "full"
 
     from bench.report import write_report
     from bench.suite import Suite, save
+    from bench.targets import evaluate
 
-    results = Suite(LEVELS[level], args.out.resolve(), profile=args.profile).run()
+    command = " ".join(["python -m bench", *argv])
+    results = Suite(LEVELS[level], args.out.resolve(), profile=args.profile, command=command).run()
+    results["targets"] = evaluate(results)
     save(results, args.out)
     report = write_report(results, args.out)
     print(f"report: {report}\nfigures: {args.out / 'results.json'}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -79,10 +80,11 @@ class BenchPlatform:
         self.stack.extra_env = {"FAAS_LOG_LEVEL": "WARNING", "FAAS_BENCH_PROFILE_DIR": str(self.out / "profile")}
         self.migrate()
         self.r = redis.Redis.from_url(self.redis_server.url)
-        self.start_gunicorn()
+        waits = [self.start_gunicorn(wait=False)]
         if daphne:
-            self.urls["daphne"] = self.stack.web("daphne")
-            self.servers["daphne"] = self.stack.procs[-1]
+            waits.append(self.start_daphne(wait=False))
+        for wait in waits:
+            wait()
         from bench import tasks
 
         for name, fn in (("noop", tasks.noop), ("pause", tasks.pause)):
@@ -94,18 +96,32 @@ class BenchPlatform:
         if done.returncode:
             raise RuntimeError(f"migrate failed:\n{done.stdout}\n{done.stderr}")
 
-    def start_gunicorn(self, profile: bool = False, name: str = "gunicorn") -> str:
+    def start_gunicorn(self, profile: bool = False, name: str = "gunicorn", wait: bool = True):
         """gunicorn with gthread workers serving faas_site.wsgi: the throughput setup for the REST API."""
         port = free_port()
         argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", str(WEB_WORKERS),
                 "--threads", str(WEB_THREADS), "--no-control-socket", "faas_site.wsgi"]
         if profile:
             argv[3:3] = ["-c", GUNICORN_PROFILE_CONFIG]
+        return self._start_web(name, argv, port, wait)
+
+    def start_daphne(self, wait: bool = True):
+        """daphne serving faas_site.asgi, as `make run` does: HTTP and websockets in one process."""
+        port = free_port()
+        argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "faas_site.asgi:application"]
+        return self._start_web("daphne", argv, port, wait)
+
+    def _start_web(self, name: str, argv: list[str], port: int, wait: bool):
+        """Spawn a web server; returns a function that waits until it answers (called at once if `wait`)."""
         proc = self.stack.spawn(f"web-{name}", argv)
         url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: self._answers(url, proc), timeout=60, message=f"gunicorn did not start:\n{proc.output()}")
         self.servers[name], self.urls[name] = proc, url
-        return url
+
+        def answered() -> str:
+            wait_until(lambda: self._answers(url, proc), timeout=60, message=f"{name} did not start:\n{proc.output()}")
+            return url
+
+        return answered() if wait else answered
 
     @staticmethod
     def _answers(url: str, proc: Proc) -> bool:
@@ -199,9 +215,7 @@ class BenchPlatform:
             self.warm_up(processes)
             yield setup
         finally:
-            if setup.worker is not None:
-                setup.worker.stop()
-            dispatcher.stop(timeout=60)  # a profiled dispatcher writes its session on the way out
+            stop_together([p for p in (setup.worker, dispatcher) if p is not None])
 
     def warm_up(self, processes: int) -> None:
         """Run a few tasks through every process first: imports, caches and connections are made
@@ -219,7 +233,7 @@ class BenchPlatform:
 
     def cpu(self, setup: Setup | None, server: str = "gunicorn") -> dict[str, float]:
         """CPU seconds so far of each part of the platform and of this client process."""
-        figures = {"web": procstat.group_cpu(self.servers[server].pid),
+        figures = {"machine": procstat.machine_busy_seconds(), "web": procstat.group_cpu(self.servers[server].pid),
                    "redis": procstat.cpu_seconds(self.redis_server.process.pid),
                    "client": procstat.self_cpu()}
         if setup is not None:
@@ -231,8 +245,28 @@ class BenchPlatform:
         return procstat.group_rss(self.servers[server].pid)
 
 
+def stop_together(procs: list[Proc], timeout: float = 60.0) -> None:
+    """SIGTERM every process group at once (each drains in parallel), then wait; Proc.stop
+    SIGKILLs whatever is left. A profiled dispatcher saves its session on the way out."""
+    for proc in procs:
+        proc.signal(signal.SIGTERM)
+    end = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.popen.wait(max(0.1, end - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        proc.stop(timeout=1)
+
+
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    return {k: after[k] - before[k] for k in after if k in before}
+    """CPU seconds spent by each part between two `cpu()` readings; "other" is what the rest of
+    the machine (other programs, the kernel) used meanwhile, so a disturbed run shows."""
+    spent = {k: after[k] - before[k] for k in after if k in before}
+    machine = spent.pop("machine", None)
+    if machine is not None:
+        spent["other"] = max(0.0, machine - sum(spent.values()))
+    return spent
 
 
 def dump(path: Path, data) -> None:

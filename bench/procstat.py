@@ -60,3 +60,16 @@ def self_cpu() -> float:
     """CPU time of this (the client) process, every thread included."""
     times = os.times()
     return times.user + times.system
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core has spent busy since boot (all processes, the kernel included)."""
+    with open("/proc/stat") as handle:
+        values = [int(v) for v in handle.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values[:8]) - idle) / _TICKS  # guest time is already counted in user
+
+
+def load_average() -> list[float]:
+    with open("/proc/loadavg") as handle:
+        return [float(v) for v in handle.read().split()[:3]]

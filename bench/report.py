@@ -39,8 +39,7 @@ def image(name: str | None, alt: str) -> str:
 
 
 def summary_section(results: dict) -> str:
-    rows = targets.evaluate(results)
-    results["targets"] = rows
+    rows = results.get("targets") or targets.evaluate(results)
     level = results["meta"]["level"]
     caveat = "" if level == "full" else (
         f"\n**This is a `{level}` run**: fewer tasks than the issue specifies, so the figures are indicative only.\n")
@@ -75,12 +74,15 @@ def throughput_section(results: dict, images: dict) -> str:
                      f(r["makespan_s"], 2), f"**{f(r['tasks_per_s'], 0)}**", f(r["submit_per_s"], 0),
                      f(r["request_ms"]["p50"]), f(r["request_ms"]["p95"]),
                      " / ".join(f(cpu.get(k), 2) for k in ("web", "dispatcher", "workers", "redis", "client")),
-                     "; ".join(r["errors"]) or ""])
+                     f(r.get("other_load_cores"), 2), "; ".join(r["errors"]) or ""])
     header = ["mode", "style", "server", "load", "completed", "failed", "makespan s", "tasks/s", "submitted/s",
-              "request p50 ms", "request p95 ms", "CPU ms/task web / dispatcher / workers / redis / client", "errors"]
+              "request p50 ms", "request p95 ms", "CPU ms/task web / dispatcher / workers / redis / client",
+              "other load, cores", "errors"]
     return ("## Throughput\n\nNo-op tasks end to end, from the first request to the last completion heard "
             "(completion observed through a Redis pattern subscription to the per-task done channels, not by "
-            "polling the API). CPU is per completed task, summed over every process of each part.\n\n"
+            "polling the API). CPU is per completed task, summed over every process of each part; \"other load\" "
+            "is CPU the rest of the machine used during the run (other programs), in cores: above ~0.2 the run was "
+            "disturbed.\n\n"
             + table(header, rows) + "\n" + image(images.get("throughput"), "throughput"))
 
 
@@ -158,9 +160,10 @@ def write_report(results: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     images = plots.all_plots(results, out)
     meta = results["meta"]
+    load = " → ".join("/".join(f"{v:.2f}" for v in meta.get(k, [])) for k in ("load_before", "load_after"))
     head = (f"# Benchmark report\n\n`{meta.get('command')}` · level **{meta['level']}** · {meta['started']} · "
             f"{f(meta.get('duration_s'), 0)} s · Python {meta['python']} · {meta['cpus']} CPUs · "
-            f"{meta['platform']}\n\nWeb server for the REST API: {meta.get('web', '?')}. Redis, web servers, "
+            f"{meta['platform']} · load average before → after: {load}\n\nWeb server for the REST API: {meta.get('web', '?')}. Redis, web servers, "
             f"dispatchers and workers all run on this machine, beside the load generator. Raw figures: "
             f"results.json.\n")
     sections = [head, summary_section(results), errors_section(results), floor_section(results),

@@ -14,15 +14,15 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import breakdown, floor, latency, memory, profiling, scaling, throughput
+from bench import breakdown, floor, procstat, latency, memory, profiling, scaling, throughput
 from bench.config import TARGET_MODE, BenchConfig
 from bench.harness import BenchPlatform, dump
 from bench.load import CompletionWatcher
 
 
 class Suite:
-    def __init__(self, config: BenchConfig, out: Path, profile: bool = False):
-        self.config, self.out, self.profile = config, out, profile
+    def __init__(self, config: BenchConfig, out: Path, profile: bool = False, command: str = "python -m bench"):
+        self.config, self.out, self.profile, self.command = config, out, profile, command
         self.began = time.monotonic()
         self.results: dict = {"meta": {}, "floor": {}, "throughput": [], "latency": [], "breakdown": [],
                               "scaling": [], "memory": {}, "errors": []}
@@ -43,7 +43,7 @@ class Suite:
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         config, harness = self.config, BenchPlatform(self.out)
-        self.results["meta"] = meta(config)
+        self.results["meta"] = meta(config, self.command)
         try:
             self.say("starting Redis, database and web servers")
             harness.start(daphne=config.daphne)
@@ -73,6 +73,7 @@ class Suite:
             self.say("stopping the platform")
             harness.close()
         self.results["meta"]["duration_s"] = time.monotonic() - self.began
+        self.results["meta"]["load_after"] = procstat.load_average()
         return self.results
 
     def per_mode(self, harness: BenchPlatform, watcher: CompletionWatcher, mode: str) -> None:
@@ -113,10 +114,11 @@ def _raise(exc: Exception):
     raise exc
 
 
-def meta(config: BenchConfig) -> dict:
+def meta(config: BenchConfig, command: str) -> dict:
     return {"level": config.level, "config": config.as_dict(), "started": dt.datetime.now().isoformat(timespec="seconds"),
             "python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
-            "command": " ".join([Path(sys.executable).name, "-m", "bench", *sys.argv[1:]])}
+            "command": command,
+            "load_before": procstat.load_average()}
 
 
 def save(results: dict, out: Path) -> Path:

@@ -37,5 +37,6 @@ def run(harness: BenchPlatform, setup: Setup, watcher: CompletionWatcher, config
         "clients": config.clients if style == PER_REQUEST else 1,
         "batch_size": config.batch_size if style == BATCH else 1,
         "cpu_s": spent, "cpu_ms_per_task": {k: v * 1000.0 / done for k, v in spent.items()},
+        "other_load_cores": spent.get("other", 0.0) / figures["makespan_s"] if figures["makespan_s"] > 0 else None,
     })
     return figures, rows, submitted, watcher.seen_at(submitted.task_ids)

@@ -17,27 +17,30 @@ from requests.adapters import HTTPAdapter
 
 from functions.shipping import Shipper
 from workers.exceptions import FunctionFailedException, WorkerFailureException
+from workers.protocol import TaskStatus
 from workers.serialization import decode, encode
 
 __all__ = ["APIError", "ClientError", "FaaSClient", "FaaSExecutor", "FunctionFailedException",
            "TaskFuture", "WorkerFailureException"]
 
 MAX_WAIT = 60.0  # the server's cap on one /result?wait= long-poll, in seconds
-FINAL = ("COMPLETED", "FAILED")
+FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 BATCH_CALLS = 1000  # calls per /execute_batch request (the server takes up to 10,000)
 BATCH_BYTES = 8 * 1024 * 1024  # base64 text per /execute_batch request, well under the body cap
 CONNECTIONS = 32  # keep-alive connections per client: the executor's waiters share them
 
 
 class ClientError(Exception):
-    """Raised for a problem on the client's side of the API (not a failure of the function)."""
+    """Raised for a problem in talking to the platform, as opposed to a failure of the function."""
 
 
 class APIError(ClientError):
-    """The server refused a request: `status_code`, and `detail` from its JSON error body."""
+    """The server refused a request: `status_code`, and `detail` from its JSON error body.
+    From `submit_batch`, `task_ids` lists the tasks queued before the refusal."""
 
     def __init__(self, status_code: int, detail, method: str, url: str):
         self.status_code, self.detail, self.method, self.url = status_code, detail, method, url
+        self.task_ids: list[str] = []
         super().__init__(f"{method} {url} answered {status_code}: {_sentence(detail)}")
 
 
@@ -78,8 +81,8 @@ class FaaSClient:
 
     def register_payload(self, name: str, payload: bytes) -> str:
         """Register already-pickled function bytes."""
-        return self._call("POST", "/register_function", json={"name": name[:200], "payload": encode(payload)})[
-            "function_id"]
+        body = {"name": name[:200], "payload": encode(payload)}
+        return self._call("POST", "/register_function", json=body)["function_id"]
 
     def submit(self, function_id: str, /, *args, **kwargs) -> str:
         """Queue `fn(*args, **kwargs)`; returns the task id."""

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
-WAITERS = 8  # threads resolving futures; each holds one long-poll open at a time
+WAITERS = 4  # threads resolving futures; each holds one long-poll open at a time
 POLL_WAIT = 30.0  # seconds one long-poll is held before the waiter asks again
 RETRY_FOR = 60.0  # seconds a waiter keeps retrying a task through network or server errors
 RETRY_PAUSE = 1.0  # seconds between those retries

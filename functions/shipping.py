@@ -6,12 +6,13 @@ travels with a reference to the worker's own `__main__`, so its helpers go missi
 `ShippingPickler` here copies every function and class of the user's own code (any module
 outside the standard library and site-packages, `__main__` included) into the pickle, with
 only the globals its code names, recursively. Standard-library and installed packages, and
-the platform's own `workers` package, stay references. Django-free: requests + dill only.
+the platform's own `workers` package, stay references. Django-free: dill only.
 """
 
 from __future__ import annotations
 
 import abc
+import dis
 import io
 import site
 import sys
@@ -26,6 +27,8 @@ import dill
 
 BY_REFERENCE = ("workers",)  # packages every worker has: their exception classes must stay the same class
 
+GLOBAL_OPS = {"LOAD_GLOBAL", "STORE_GLOBAL", "DELETE_GLOBAL", "LOAD_NAME", "STORE_NAME", "DELETE_NAME"}
+ATTRIBUTE_OPS = {"LOAD_ATTR", "LOAD_METHOD", "STORE_ATTR", "DELETE_ATTR"}
 SHIPPABLE_METACLASSES = (type, abc.ABCMeta)  # dill cannot rebuild others (an Enum) by value
 
 _REBIND_LOCK = threading.Lock()  # a shipped class's __module__ is rebound only while it is pickled
@@ -112,19 +115,19 @@ class ShippingPickler(dill.Pickler):
         globals its code names; the pickler reaches those values and copies them in turn."""
         if (known := self.copies.get(id(fn))) is not None:
             return known[1]
-        names = code_names(fn.__code__)
+        names, attributes = code_names(fn.__code__)
         scope = {"__name__": "__main__"}
-        copy = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, self._closure(fn, names))
+        copy = types.FunctionType(fn.__code__, scope, fn.__name__, fn.__defaults__, self._closure(fn, attributes))
         copy.__kwdefaults__, copy.__qualname__, copy.__doc__ = fn.__kwdefaults__, fn.__qualname__, fn.__doc__
         copy.__dict__.update(fn.__dict__)
         copy.__module__ = "__main__"
         self.copies[id(fn)] = (fn, copy)
         for name in names:
             if name in fn.__globals__ and not name.startswith("__"):
-                scope[name] = self._global(fn.__globals__[name], names, {})
+                scope[name] = self._global(fn.__globals__[name], attributes, {})
         return copy
 
-    def _closure(self, fn: types.FunctionType, names: set[str]) -> tuple | None:
+    def _closure(self, fn: types.FunctionType, attributes: set[str]) -> tuple | None:
         """The closure, with a user module held in a cell replaced like a global one (other
         cells are kept as they are: sibling closures share them)."""
         if not fn.__closure__:
@@ -136,21 +139,21 @@ class ShippingPickler(dill.Pickler):
             except ValueError:  # an empty cell
                 cells.append(cell)
                 continue
-            stand_in = self._global(value, names, {})
+            stand_in = self._global(value, attributes, {})
             cells.append(cell if stand_in is value else types.CellType(stand_in))
         return tuple(cells)
 
-    def _global(self, value, names: set[str], seen: dict[int, object]):
+    def _global(self, value, attributes: set[str], seen: dict[int, object]):
         """A module of the user's own stands in as a namespace of just the attributes the code
-        names, so `import helpers; helpers.f()` works where `helpers` is not installed."""
+        reads, so `import helpers; helpers.f()` works where `helpers` is not installed."""
         if not isinstance(value, types.ModuleType) or not self.shipper.ships(value.__name__):
             return value
         if id(value) in seen:
             return seen[id(value)]
         stand_in = seen[id(value)] = types.SimpleNamespace(__name__=value.__name__)
-        for name in names:
+        for name in attributes:
             if hasattr(value, name) and not name.startswith("__"):
-                setattr(stand_in, name, self._global(getattr(value, name), names, seen))
+                setattr(stand_in, name, self._global(getattr(value, name), attributes, seen))
         return stand_in
 
     def _save_class(self, cls: type, save_persistent_id: bool):
@@ -168,14 +171,21 @@ class ShippingPickler(dill.Pickler):
             cls.__module__ = module
 
 
-def code_names(code: types.CodeType) -> set[str]:
-    """Every global or attribute name the code (and the code nested in it) mentions: a
-    superset of the globals it reads, which is what a by-value copy must carry."""
-    names = set(code.co_names)
+def code_names(code: types.CodeType) -> tuple[set[str], set[str]]:
+    """(globals, attribute names) that the code and the code nested in it use: the globals a
+    by-value copy must carry, and what to take from a module it reads attributes of."""
+    names, attributes = set(), set()
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in GLOBAL_OPS:
+            names.add(instruction.argval)
+        elif instruction.opname in ATTRIBUTE_OPS:
+            attributes.add(instruction.argval)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
-            names |= code_names(const)
-    return names
+            inner_names, inner_attributes = code_names(const)
+            names |= inner_names
+            attributes |= inner_attributes
+    return names, attributes
 
 
 class ShippedClasses:

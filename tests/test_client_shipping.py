@@ -102,8 +102,14 @@ def test_library_functions_are_pickled_by_reference():
     assert len(data) < 100 and dill.loads(data) is json.dumps
 
 
-def test_code_names_covers_nested_code():
-    def outer():
-        return [ALPHA for _ in BETA]  # noqa: F821
+def test_code_names_finds_globals_and_attributes_in_nested_code():
+    def outer(obj):
+        return [ALPHA.gamma for _ in BETA], obj.delta  # noqa: F821
 
-    assert {"ALPHA", "BETA"} <= code_names(outer.__code__)
+    names, attributes = code_names(outer.__code__)
+    assert names == {"ALPHA", "BETA"} and attributes == {"gamma", "delta"}
+
+
+def test_only_the_globals_the_code_reads_travel(user):
+    user.bonus = "x" * 100_000  # a big global named like the attribute `compute` reads (helpers.bonus)
+    assert len(Shipper().dumps(user.compute)) < 10_000

@@ -1,164 +1,21 @@
-"""One behaviour suite over the three dispatcher modes, with real processes end to end:
-web server, dispatcher, workers, Redis (STYLE C14)."""
+"""Crashes, restarts and security end to end: each test starts (and breaks) its own platform."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
-from dataclasses import dataclass, field
 
 import pytest
-import requests
 
 from functions.models import Task, Worker
+from scripts.stack import Stack
 from tests import fixtures_functions as ff
 from tests.helpers import wait_until
-from tests.stack import Proc, Stack, endpoint_of
-from workers.exceptions import FunctionFailedException, WorkerFailureException
-from workers.serialization import deserialize, serialize
-
-MODES = ["local", "pull", "push"]
-
-
-class Api:
-    """The four endpoints, as a test uses them."""
-
-    def __init__(self, url: str):
-        self.url = url
-        self.http = requests.Session()
-
-    def register(self, fn) -> str:
-        response = self.http.post(self.url + "/register_function", json={"name": getattr(fn, "__name__", "f"),
-                                                                          "payload": serialize(fn)})
-        assert response.status_code == 201, response.text
-        return response.json()["function_id"]
-
-    def submit(self, function_id: str, *args, timeout: float | None = None, **kwargs) -> str:
-        body = {"function_id": function_id, "payload": serialize((args, kwargs))}
-        if timeout is not None:
-            body["timeout"] = timeout
-        response = self.http.post(self.url + "/execute_function", json=body)
-        assert response.status_code == 201, response.text
-        return response.json()["task_id"]
-
-    def status(self, task_id: str) -> str:
-        return self.http.get(f"{self.url}/status/{task_id}").json()["status"]
-
-    def result(self, task_id: str, wait: float = 30.0) -> dict:
-        """The final JSON of a task, waiting with the long-poll; fails if it never finishes."""
-        deadline = time.monotonic() + wait
-        while True:
-            body = self.http.get(f"{self.url}/result/{task_id}", params={"wait": min(10, wait)}).json()
-            if body["status"] in ("COMPLETED", "FAILED") or time.monotonic() > deadline:
-                assert body["status"] in ("COMPLETED", "FAILED"), f"task {task_id} still {body['status']}"
-                return body
-
-    def value(self, task_id: str, wait: float = 30.0):
-        body = self.result(task_id, wait)
-        assert body["status"] == "COMPLETED", body.get("error")
-        return deserialize(body["result"])
-
-    def failure(self, task_id: str, wait: float = 30.0) -> BaseException:
-        body = self.result(task_id, wait)
-        assert body["status"] == "FAILED", body
-        assert body["error"]
-        return deserialize(body["result"])
-
-
-@dataclass
-class Platform:
-    stack: Stack
-    mode: str
-    api: Api
-    dispatcher: Proc
-    workers: list[Proc] = field(default_factory=list)
-
-    def add_worker(self, processes: int = 2, *args: str) -> Proc:
-        worker = self.stack.worker(self.mode, processes, endpoint_of(self.dispatcher), *args)
-        self.workers.append(worker)
-        return worker
-
-
-def start_platform(stack: Stack, mode: str, processes: int = 2, *dispatcher_args: str) -> Platform:
-    url = stack.web()
-    dispatcher = stack.dispatcher(mode, "-w", str(processes), *dispatcher_args)
-    platform = Platform(stack, mode, Api(url), dispatcher)
-    if mode != "local":
-        platform.add_worker(processes)
-    return platform
-
-
-@pytest.fixture(params=MODES)
-def platform(request, stack) -> Platform:
-    return start_platform(stack, request.param)
-
-
-def test_one_task_and_many(platform):
-    function_id = platform.api.register(ff.add)
-    assert platform.api.value(platform.api.submit(function_id, 1, 2)) == 3
-    task_ids = [platform.api.submit(function_id, i, i) for i in range(60)]
-    assert [platform.api.value(t) for t in task_ids] == [2 * i for i in range(60)]
-    wait_until(lambda: Task.objects.filter(status="COMPLETED").count() == 61, timeout=10,
-               message="the database did not catch up with Redis")
-
-
-def test_tasks_move_from_queued_through_running_to_completed(platform):
-    task_id = platform.api.submit(platform.api.register(ff.sleep_then), 1.0, "done")
-    wait_until(lambda: platform.api.status(task_id) == "RUNNING", timeout=15)
-    assert platform.api.value(task_id) == "done"
-    assert platform.api.status(task_id) == "COMPLETED"
-
-
-def test_concurrency_equals_worker_processes(platform, tmp_path):
-    path = str(tmp_path / "intervals")
-    function_id = platform.api.register(ff.record_interval)
-    task_ids = [platform.api.submit(function_id, path, 0.4) for _ in range(6)]
-    for task_id in task_ids:
-        platform.api.value(task_id)
-    intervals = [tuple(map(float, line.split()[:2])) for line in open(path)]
-    overlap = max(sum(1 for s, e in intervals if s <= t < e) for t, _ in intervals)
-    assert overlap == 2
-
-
-def test_function_exception_comes_back_as_itself(platform):
-    failure = platform.api.failure(platform.api.submit(platform.api.register(ff.raise_value_error), "nope"))
-    assert isinstance(failure, ValueError) and str(failure) == "nope"
-    assert "raise_value_error" in failure.remote_traceback
-
-
-def test_missing_argument_is_the_functions_type_error(platform):
-    failure = platform.api.failure(platform.api.submit(platform.api.register(ff.add), 1))
-    assert isinstance(failure, TypeError) and "missing" in str(failure)
-
-
-def test_non_callable_payload_fails_with_function_failed(platform):
-    failure = platform.api.failure(platform.api.submit(platform.api.register(42)))
-    assert isinstance(failure, FunctionFailedException)
-
-
-def test_unserializable_result_fails_with_function_failed(platform):
-    failure = platform.api.failure(platform.api.submit(platform.api.register(ff.return_unpicklable)))
-    assert isinstance(failure, FunctionFailedException) and "serialized" in str(failure)
-
-
-@pytest.mark.parametrize("killer, reason", [(ff.exit_process, "exited with code 3"),
-                                            (ff.kill_self_with_sigkill, "SIGKILL")])
-def test_process_death_fails_only_its_task(platform, killer, reason):
-    args = (3,) if killer is ff.exit_process else ()
-    failure = platform.api.failure(platform.api.submit(platform.api.register(killer), *args))
-    assert isinstance(failure, WorkerFailureException) and reason in str(failure)
-    add = platform.api.register(ff.add)
-    assert [platform.api.value(platform.api.submit(add, i, 1)) for i in range(4)] == [1, 2, 3, 4]
-
-
-def test_deadline_overrun_fails_within_deadline_plus_grace(platform):
-    function_id = platform.api.register(ff.sleep_then)
-    started = time.monotonic()
-    failure = platform.api.failure(platform.api.submit(function_id, 30, timeout=1.5))
-    assert isinstance(failure, WorkerFailureException) and "timed out after 1.5 s" in str(failure)
-    assert time.monotonic() - started < 1.5 + 4.0
-    assert platform.api.value(platform.api.submit(function_id, 0, "next")) == "next"
+from tests.platform import MODES, Api, start_platform
+from tests.stack import endpoint_of
+from workers.exceptions import WorkerFailureException
+from workers.serialization import serialize
 
 
 def test_tasks_queued_while_no_dispatcher_runs_are_served_when_it_starts(stack):
