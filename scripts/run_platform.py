@@ -2,7 +2,7 @@
 (HTTP + websockets), a dispatcher and its workers. Ctrl-C stops everything it started.
 
 Settings come from the environment: REDIS_URL, FAAS_WEB_PORT (8000), FAAS_MODE (push),
-FAAS_DISPATCHER_PORT (7001), FAAS_WORKER_PROCESSES (CPU count).
+FAAS_DISPATCHER_PORT (7001), FAAS_WORKER_PROCESSES (CPU count), FAAS_VAR_DIR (var/).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ import redis
 from scripts.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
-VAR = REPO / "var"
+VAR = Path(os.environ.get("FAAS_VAR_DIR", REPO / "var"))  # Redis data and the dev credentials
 CREDENTIALS = VAR / "dev-credentials.txt"
 
 
@@ -71,7 +72,7 @@ class Platform:
     def ensure_superuser(self) -> str:
         """Create a development superuser and API token on first run; print them once."""
         if CREDENTIALS.exists():
-            return f"Log in with the credentials in {CREDENTIALS.relative_to(REPO)} (created on first run)."
+            return f"Log in with the credentials in {CREDENTIALS} (created on first run)."
         password = secrets.token_urlsafe(12)
         code = ("from django.contrib.auth.models import User; from rest_framework.authtoken.models import Token\n"
                 "u = User.objects.filter(username='admin').first() or User.objects.create_superuser('admin', '', '')\n"
@@ -83,15 +84,15 @@ class Platform:
         CREDENTIALS.write_text(text)
         CREDENTIALS.chmod(0o600)
         return "First run: a development superuser was created (also saved, readable only by you, in " \
-               f"{CREDENTIALS.relative_to(REPO)}):\n  " + text.strip().replace("\n", "\n  ")
+               f"{CREDENTIALS}):\n  " + text.strip().replace("\n", "\n  ")
 
     def start(self) -> str:
         VAR.mkdir(exist_ok=True)
         self.ensure_redis()
         self.manage("migrate", "--no-input", "-v", "0")
         login = self.ensure_superuser()
-        self.spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.web_port),
-                           "faas_site.asgi:application"])
+        web = self.spawn("web", [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.web_port),
+                                 "faas_site.asgi:application"])
         endpoint = f"tcp://127.0.0.1:{self.dispatcher_port}"
         argv = [sys.executable, "manage.py", "run_dispatcher", "-m", self.mode]
         argv += ["-w", str(self.processes)] if self.mode == "local" else ["-p", str(self.dispatcher_port)]
@@ -99,7 +100,17 @@ class Platform:
         if self.mode != "local":
             self.spawn("workers", [sys.executable, "-m", f"workers.{self.mode}_worker", str(self.processes),
                                    endpoint])
+        wait_until(lambda: self.web_answers(web), timeout=60, message="the web server did not start")
         return login
+
+    def web_answers(self, web: subprocess.Popen) -> bool:
+        if web.poll() is not None:
+            sys.exit(f"The web server exited with code {web.returncode}.")
+        try:
+            with socket.create_connection(("127.0.0.1", self.web_port), timeout=0.5):
+                return True
+        except OSError:
+            return False
 
     def banner(self, login: str) -> str:
         base = f"http://127.0.0.1:{self.web_port}"
@@ -150,7 +161,6 @@ def main() -> int:
     signal.signal(signal.SIGTERM, request_stop)
     try:
         login = platform.start()
-        time.sleep(1.0)
         print(platform.banner(login), flush=True)
         return platform.watch()
     finally:
