@@ -37,7 +37,7 @@ LEVELS = {
                         scaling_processes=(1, 2, 4, 8), tasks_per_process=10, sleep_seconds=0.1,
                         scaling_repeats=3, burst_tasks=10_000, burst_batch=1000, floor_samples=1000, daphne=True),
     "quick": BenchConfig("quick", throughput_tasks=400, clients=16, batch_size=100, latency_round_trips=100,
-                         scaling_processes=(1, 2, 8), tasks_per_process=10, sleep_seconds=0.1,
+                         scaling_processes=(1, 2, 4, 8), tasks_per_process=10, sleep_seconds=0.1,
                          scaling_repeats=1, burst_tasks=1000, burst_batch=500, floor_samples=100, daphne=True,
                          run_timeout=60.0),
     "smoke": BenchConfig("smoke", throughput_tasks=32, clients=4, batch_size=16, latency_round_trips=10,
