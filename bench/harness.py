@@ -191,7 +191,7 @@ class BenchPlatform:
         stack = self.stack
         if profile is not None:
             profile.parent.mkdir(parents=True, exist_ok=True)
-        command = ["-m", "bench.profiled", str(profile)] if profile is not None else ["manage.py"]
+        command = ["-m", "bench.profiled", str(profile)] if profile is not None else ["manage.py"]  # windows: profile-N
         argv = [sys.executable, *command, "run_dispatcher", "-m", mode, "-w", str(processes)]
         if mode != "local":
             argv += ["-p", str(free_port())]

@@ -12,9 +12,10 @@ from functions.client import FaaSClient
 RESULT_TIMEOUT = 30.0  # seconds one round trip may wait for its result
 
 
-def run(harness: BenchPlatform, setup: Setup, count: int, run_timeout: float) -> tuple[dict, list[dict], list, list]:
+def run(harness: BenchPlatform, setup: Setup, count: int, run_timeout: float,
+        server: str = "gunicorn") -> tuple[dict, list[dict], list, list]:
     """`count` round trips, one at a time; returns figures and per-task rows/times for the breakdown."""
-    client = FaaSClient(harness.urls["gunicorn"], token="")
+    client = FaaSClient(harness.urls[server], token="")
     function_id = harness.functions["noop"]
     ids, sent, submitted, seen, errors = [], [], [], [], []
     deadline = time.monotonic() + run_timeout

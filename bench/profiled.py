@@ -1,9 +1,8 @@
-"""Run a manage.py command with pyinstrument armed but idle: SIGUSR1 starts sampling the main
-thread, SIGUSR2 (or the exit) stops it, and the session is saved to the path given first.
+"""Run a manage.py command with pyinstrument armed but idle: each SIGUSR1 starts sampling the
+main thread, each SIGUSR2 stops it and saves that window as <prefix>-<n>.pyisession (n = 1,
+2, ...), so every profile covers only one measured run, not start-up, imports or warm-up.
 
-    python -m bench.profiled OUT.pyisession run_dispatcher -m push -p 7001
-
-so a profile covers only the measured window, not start-up, imports or warm-up.
+    python -m bench.profiled OUT/dispatcher run_dispatcher -m push -p 7001
 """
 
 from __future__ import annotations
@@ -19,18 +18,21 @@ INTERVAL = 0.0002  # seconds between samples
 
 
 def main(argv: list[str]) -> None:
-    path, command = argv[0], argv[1:]
-    profiler = Profiler(interval=INTERVAL)
+    prefix, command = argv[0], argv[1:]
+    state = {"profiler": None, "windows": 0}
 
     def start(signum, frame):
-        if not profiler.is_running:
-            profiler.start()
+        if state["profiler"] is None:
+            state["profiler"] = Profiler(interval=INTERVAL)
+            state["profiler"].start()
 
     def stop(signum=None, frame=None):
-        if profiler.is_running:
-            profiler.stop()
-        if profiler.last_session is not None:
-            profiler.last_session.save(path)
+        profiler, state["profiler"] = state["profiler"], None
+        if profiler is None:
+            return
+        session = profiler.stop()
+        state["windows"] += 1
+        session.save(f"{prefix}-{state['windows']}.pyisession")
 
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)

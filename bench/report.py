@@ -163,7 +163,7 @@ def write_report(results: dict, out: Path) -> Path:
     load = " → ".join("/".join(f"{v:.2f}" for v in meta.get(k, [])) for k in ("load_before", "load_after"))
     head = (f"# Benchmark report\n\n`{meta.get('command')}` · level **{meta['level']}** · {meta['started']} · "
             f"{f(meta.get('duration_s'), 0)} s · Python {meta['python']} · {meta['cpus']} CPUs · "
-            f"{meta['platform']} · load average before → after: {load}\n\nWeb server for the REST API: {meta.get('web', '?')}. Redis, web servers, "
+            f"{meta['platform']} · code {meta.get('code', '?')} · load average before → after: {load}\n\nWeb server for the REST API: {meta.get('web', '?')}. Redis, web servers, "
             f"dispatchers and workers all run on this machine, beside the load generator. Raw figures: "
             f"results.json.\n")
     sections = [head, summary_section(results), errors_section(results), floor_section(results),

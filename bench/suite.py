@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+import subprocess
 import sys
 import time
 import traceback
@@ -117,8 +118,24 @@ def _raise(exc: Exception):
 def meta(config: BenchConfig, command: str) -> dict:
     return {"level": config.level, "config": config.as_dict(), "started": dt.datetime.now().isoformat(timespec="seconds"),
             "python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
-            "command": command,
+            "command": command, "code": code_version(),
             "load_before": procstat.load_average()}
+
+
+def code_version() -> str:
+    """The commit measured, and how many files differ from it (the work tree may be ahead)."""
+    from scripts.stack import REPO
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True,
+                               timeout=10).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if not commit:
+        return "unknown (not a git checkout)"
+    return f"{commit}" + (f" + {len(dirty)} changed file(s)" if dirty else "")
 
 
 def save(results: dict, out: Path) -> Path:

@@ -12,7 +12,7 @@ import json
 import logging
 import signal
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 import redis
@@ -80,6 +80,7 @@ class Dispatcher:
         self.writes = PendingWrites()
         self.worker_ids: dict[str, int] = {}  # identity -> Worker row id
         self.worker_dirty: dict[str, dict] = {}
+        self.worker_done: Counter[str] = Counter()  # tasks finished per worker since the last write
         self.stopping = False  # first signal: drain
         self.stopped = False  # second signal, or drained: leave the loop
         self.backlog = True  # the stream may hold entries we have not claimed
@@ -394,6 +395,8 @@ class Dispatcher:
                 r.task_id, r.status, r.result, r.error, from_timestamp(r.started_at), from_timestamp(r.finished_at),
                 self.worker_ids.get(flight.worker) if flight else None, flight.queued.attempt if flight else 1))
             self.publisher.task(r.task_id, r.status)
+            if flight is not None and flight.worker is not None:
+                self.worker_done[flight.worker] += 1
 
     def expire_deadlines(self, now: float) -> None:
         """The dispatcher's backstop: a task far past its deadline is lost (a dead pull worker)."""
@@ -466,12 +469,15 @@ class Dispatcher:
         if force or (len(self.writes) and now >= self.next_flush):
             self.next_flush = now + self.config.flush_interval
             self.flush_writes(now)
-        if self.worker_dirty and (force or now >= self.next_worker_flush):
+        if (self.worker_dirty or self.worker_done) and (force or now >= self.next_worker_flush):
             self.next_worker_flush = now + WORKER_FLUSH_INTERVAL
             try:
                 services.workers_update({self.worker_ids[i]: s for i, s in self.worker_dirty.items()
+                                         if i in self.worker_ids},
+                                        {self.worker_ids[i]: n for i, n in self.worker_done.items()
                                          if i in self.worker_ids})
                 self.worker_dirty.clear()
+                self.worker_done.clear()
             except DatabaseError:
                 log.exception("could not record worker state; will retry")
         self.publisher.flush(now, force=force)

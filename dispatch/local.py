@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 from dispatch.core import Dispatcher
 from workers import protocol
@@ -17,6 +18,7 @@ class LocalDispatcher(Dispatcher):
         self.pool = ProcessPool(self.config.workers, max_result_bytes=self.config.max_result_bytes)
         self.pool.start()
         self.identity = f"local-{socket.gethostname()}-{os.getpid()}"
+        self.next_heartbeat = 0.0
         self.worker_seen(self.identity, protocol.WorkerInfo(self.config.workers, socket.gethostname(), os.getpid()))
 
     def teardown(self) -> None:
@@ -41,6 +43,9 @@ class LocalDispatcher(Dispatcher):
     def tick(self, now: float) -> None:
         if self.pool.next_deadline() is not None:
             self.collect()
+        if now >= self.next_heartbeat:  # the pool lives in this process: alive while we loop
+            self.next_heartbeat = now + self.config.heartbeat_interval
+            self.worker_state(self.identity, busy=self.pool.busy, last_heartbeat=time.time())
 
     def collect(self) -> None:
         results = self.pool.collect()

@@ -45,4 +45,4 @@ def purge_confirmation(request, modeladmin) -> TemplateResponse:
 
 
 def as_datetime(seconds: float | None) -> dt.datetime | None:
-    return None if seconds is None else dt.datetime.fromtimestamp(seconds, tz=dt.timezone.utc)
+    return None if seconds is None else dt.datetime.fromtimestamp(seconds, tz=dt.UTC)

@@ -25,8 +25,7 @@ def build_snapshot() -> dict:
 class DashboardConsumer(AsyncJsonWebsocketConsumer):
     """A thin adapter (STYLE C13): coalescing happens in the dispatcher's publisher."""
 
-    groups = []  # joined by hand in connect(), only once the user is known to be staff
-    last_snapshot = 0.0
+    last_snapshot = 0.0  # the group is joined by hand in connect(), once the user is known to be staff
 
     async def connect(self) -> None:
         if not is_staff(self.scope.get("user")):
@@ -41,9 +40,9 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
 
     async def receive_json(self, content, **kwargs) -> None:
         """A page that heard nothing for a while (no dispatcher running) asks for a fresh snapshot."""
-        if isinstance(content, dict) and content.get("type") == "snapshot":
-            if time.monotonic() - self.last_snapshot >= SNAPSHOT_MIN_INTERVAL:
-                await self.send_snapshot()
+        wants = isinstance(content, dict) and content.get("type") == "snapshot"
+        if wants and time.monotonic() - self.last_snapshot >= SNAPSHOT_MIN_INTERVAL:
+            await self.send_snapshot()
 
     async def send_snapshot(self) -> None:
         self.last_snapshot = time.monotonic()

@@ -52,8 +52,8 @@ def latest_tasks(r, limit: int = RECENT_TASKS) -> list[dict]:
     rows = list(Task.objects.order_by("-created_at").values(
         "id", "status", "function_id", "owner_id", "worker_id", "attempts", "created_at", "started_at",
         "finished_at", "retry_of_id", error_head=Substr("error", 1, ERROR_CHARS))[:limit])
-    names = dict(Function.objects.filter(id__in={r_["function_id"] for r_ in rows}).values_list("id", "name"))
-    workers = dict(Worker.objects.filter(id__in={r_["worker_id"] for r_ in rows} - {None})
+    names = dict(Function.objects.filter(id__in={row["function_id"] for row in rows}).values_list("id", "name"))
+    workers = dict(Worker.objects.filter(id__in={row["worker_id"] for row in rows} - {None})
                    .values_list("id", "identity"))
     statuses = mirror.task_statuses(r, [str(row["id"]) for row in rows]) if rows else []
     return [task_row(row, names, workers, status) for row, status in zip(rows, statuses)]
@@ -220,7 +220,8 @@ class _Sender(threading.Thread):
 def merge(old: dict, new: dict) -> dict:
     """Fold an unsent update into a newer one: latest task statuses win, counts add up."""
     tasks = {**old["tasks"], **new["tasks"]}
-    workers = {i: {**old["workers"].get(i, {}), **new["workers"].get(i, {})} for i in {**old["workers"], **new["workers"]}}
+    workers = {i: {**old["workers"].get(i, {}), **new["workers"].get(i, {})}
+               for i in {**old["workers"], **new["workers"]}}
     counts = {s: old["transitions"].get(s, 0) + new["transitions"].get(s, 0)
               for s in {**old["transitions"], **new["transitions"]}}
     return {**new, "tasks": dict(list(tasks.items())[-RECENT_TASKS:]), "workers": workers, "transitions": counts}

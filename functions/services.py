@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from functions import mirror
@@ -223,14 +224,18 @@ def worker_register(*, identity: str, mode: str, hostname: str, pid: int, proces
     """Create or revive a worker's row; returns its id."""
     worker, _ = Worker.objects.update_or_create(identity=identity, defaults={
         "mode": mode, "hostname": hostname, "pid": pid, "processes": processes, "busy": 0, "alive": True,
-        "last_heartbeat": timezone.now()})
+        "draining": False, "last_heartbeat": timezone.now()})
     return worker.pk
 
 
-def workers_update(states: dict[int, dict]) -> None:
-    """Apply heartbeat/busy/alive changes, one UPDATE per worker (workers are few)."""
-    for worker_id, state in states.items():
-        fields = dict(state)
+def workers_update(states: dict[int, dict], done: dict[int, int] | None = None) -> None:
+    """Apply heartbeat/busy/alive changes and add finished-task counts, one UPDATE per
+    worker (workers are few)."""
+    done = done or {}
+    for worker_id in states.keys() | done.keys():
+        fields = dict(states.get(worker_id, {}))
+        if done.get(worker_id):
+            fields["tasks_done"] = F("tasks_done") + done[worker_id]
         if "last_heartbeat" in fields and isinstance(fields["last_heartbeat"], float):
             fields["last_heartbeat"] = datetime.datetime.fromtimestamp(fields["last_heartbeat"], tz=datetime.timezone.utc)
         fields.pop("hostname", None)

@@ -61,7 +61,8 @@ def test_task_list_filters_search_and_hierarchy(admin_client, owner, function, d
     assert page.status_code == 200 and str(tasks[-1].id) in page.content.decode()
     assert "Live dashboard" in page.content.decode()
     for query in ["?status__exact=FAILED", f"?q={tasks[0].id}", f"?function__id__exact={function.id}",
-                  "?worker__id__exact=1", f"?owner__id__exact={owner.id}", f"?created_at__year={tasks[0].created_at.year}"]:
+                  "?worker__id__exact=1", f"?owner__id__exact={owner.id}",
+                  f"?created_at__year={tasks[0].created_at.year}"]:
         assert admin_client.get(CHANGELIST + query).status_code == 200, query
     assert admin_client.get(CHANGELIST + "?status__exact=FAILED").context["cl"].result_count == 1
     assert admin_client.get(CHANGELIST + f"?q={str(tasks[0].id)[:13]}").context["cl"].result_count == 1

@@ -8,8 +8,9 @@ import time
 import pytest
 from django.conf import settings
 from django.core.management import call_command
+from django.db.models import Sum
 
-from functions.models import Task
+from functions.models import Task, Worker
 from scripts.stack import Stack
 from tests import fixtures_functions as ff
 from tests.conftest import database_url
@@ -99,3 +100,5 @@ def test_one_task_and_many(platform):
     assert [platform.api.value(t) for t in task_ids] == [2 * i for i in range(60)]
     wait_until(lambda: Task.objects.filter(id__in=task_ids, status="COMPLETED").count() == 60, timeout=10,
                message="the database did not catch up with Redis")
+    wait_until(lambda: (Worker.objects.aggregate(n=Sum("tasks_done"))["n"] or 0) >= 60, timeout=10,
+               message="workers' finished-task counts did not reach the database")

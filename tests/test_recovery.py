@@ -152,3 +152,23 @@ def test_redis_restart_loses_no_acknowledged_task(transactional_db, tmp_path):
     finally:
         stack.close()
         server.cleanup()
+
+
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_drained_worker_finishes_its_task_and_gets_no_new_work(stack, mode):
+    from functions import services
+
+    platform = start_platform(stack, mode)
+    platform.add_worker(2)
+    wait_until(lambda: Worker.objects.filter(alive=True, mode=mode).count() == 2, timeout=15)
+    function_id = platform.api.register(ff.sleep_then)
+    held = platform.api.submit(function_id, 1.0, "held")
+    wait_until(lambda: Task.objects.filter(id=held, worker__isnull=False).exists(), timeout=15)
+    drained = Task.objects.get(id=held).worker.identity
+    assert services.worker_drain(identity=drained)
+    wait_until(lambda: f"worker {drained} is draining" in platform.dispatcher.output(), timeout=10)
+    later = [platform.api.submit(function_id, 0.2, i) for i in range(6)]
+    assert platform.api.value(held) == "held"
+    assert [platform.api.value(t) for t in later] == list(range(6))
+    wait_until(lambda: Task.objects.filter(id__in=later, worker__isnull=False).count() == 6, timeout=10)
+    assert drained not in set(Task.objects.filter(id__in=later).values_list("worker__identity", flat=True))
