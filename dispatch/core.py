@@ -12,8 +12,7 @@ import json
 import logging
 import signal
 import time
-from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from collections import Counter
 
 import redis
 import zmq
@@ -21,6 +20,8 @@ from django.db import DatabaseError, IntegrityError
 
 from dispatch.batch import PendingWrites, from_timestamp
 from dispatch.config import DispatcherConfig
+from dispatch.recovery import RECLAIM_INTERVAL, Recovery
+from dispatch.state import FunctionCache, InFlight
 from functions import mirror, services
 from functions.dashboard import DashboardPublisher
 from workers import protocol, serialization
@@ -29,46 +30,10 @@ from workers.protocol import TaskStatus
 
 log = logging.getLogger(__name__)
 
-RECLAIM_INTERVAL = 2.0  # seconds between checks for entries held by dead dispatchers
 WORKER_FLUSH_INTERVAL = 1.0  # seconds between writes of worker heartbeats to the database
-FUNCTION_CACHE_BYTES = 64 * 1024 * 1024  # function payloads kept in memory
 
 
-class FunctionCache:
-    """Function payloads by id, least recently used dropped past a byte budget."""
-
-    def __init__(self, budget: int = FUNCTION_CACHE_BYTES):
-        self.budget = budget
-        self.size = 0
-        self.items: OrderedDict[str, bytes] = OrderedDict()
-
-    def get(self, function_id: str) -> bytes | None:
-        data = self.items.get(function_id)
-        if data is not None:
-            self.items.move_to_end(function_id)
-        return data
-
-    def put(self, function_id: str, data: bytes) -> None:
-        if function_id in self.items:
-            return
-        self.items[function_id] = data
-        self.size += len(data)
-        while self.size > self.budget and len(self.items) > 1:
-            _, dropped = self.items.popitem(last=False)
-            self.size -= len(dropped)
-
-
-@dataclass
-class InFlight:
-    """A task this dispatcher claimed and has not yet seen finish."""
-
-    queued: mirror.QueuedTask
-    entry_id: bytes
-    worker: str | None = None  # identity of the worker holding it
-    deadline: float | None = None  # monotonic; the dispatcher's own backstop
-
-
-class Dispatcher:
+class Dispatcher(Recovery):
     mode = "base"
 
     def __init__(self, config: DispatcherConfig, clock=time.monotonic):
@@ -107,27 +72,6 @@ class Dispatcher:
         finally:
             self.shutdown()
 
-    def wait_for_redis(self, error: Exception) -> None:
-        """Redis went away: keep the workers' results, retry with back-off, then pick up
-        where we were (new subscription, our own unacknowledged entries, unsaved results)."""
-        log.warning("lost Redis (%s); retrying", error)
-        backoff = 0.1
-        while not self.stopped:
-            try:
-                self.redis.ping()
-                break
-            except (redis.ConnectionError, redis.TimeoutError):
-                self.serve_workers_without_redis(backoff)
-                backoff = min(backoff * 2, 2.0)
-        if self.stopped:
-            return
-        mirror.ensure_group(self.redis)
-        self.subscribe()
-        self.store_pending()
-        self.recover(self.own_pending_entries())
-        self.backlog = True
-        log.info("Redis is back")
-
     def initialize(self) -> None:
         self.redis = redis.Redis.from_url(self.config.redis_url, socket_keepalive=True)
         mirror.ensure_group(self.redis)
@@ -137,30 +81,11 @@ class Dispatcher:
         self.setup()
         log.info("%s dispatcher %s ready (redis %s)", self.mode, self.config.consumer, self.config.redis_url)
 
-    def serve_workers_without_redis(self, timeout: float) -> None:
-        """Keep heartbeats and results flowing while Redis is away; results wait in `unstored`."""
-        try:
-            ready = self.wait(timeout)
-            now = self.clock()
-            if ready:
-                self.on_ready(ready, now)
-            self.tick(now)
-        except (redis.ConnectionError, redis.TimeoutError):
-            pass
-
     def subscribe(self) -> None:
         if self.pubsub is not None:
             self.pubsub.close()
         self.pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
         self.pubsub.subscribe(mirror.WAKE_CHANNEL, mirror.CONTROL_CHANNEL)
-
-    def own_pending_entries(self) -> list:
-        """Entries delivered to this dispatcher but not acknowledged and not held: claimed
-        just as Redis went away."""
-        response = self.redis.xreadgroup(mirror.GROUP, self.config.consumer, {mirror.STREAM: "0"}, count=10_000)
-        entries = response[0][1] if response else []
-        held = {f.entry_id for f in self.in_flight.values()}
-        return [(entry_id, fields) for entry_id, fields in entries if fields and entry_id not in held]
 
     def shutdown(self) -> None:
         """Fail what is still held (a cold stop), flush, and close everything."""
@@ -405,46 +330,6 @@ class Dispatcher:
             timeout = self.in_flight[task_id].queued.timeout or self.config.timeout
             self.on_overdue(task_id, self.in_flight[task_id].worker)
             self.lose([task_id], f"timed out after {timeout:g} s")
-
-    # --- recovery ------------------------------------------------------------------------
-
-    def refresh_liveness(self) -> None:
-        self.redis.set(mirror.dispatcher_key(self.config.consumer), self.mode, ex=mirror.DISPATCHER_TTL)
-
-    def reclaim_from_dead_dispatchers(self) -> None:
-        """Take over stream entries held by dispatchers whose liveness key expired."""
-        for consumer in self.redis.xinfo_consumers(mirror.STREAM, mirror.GROUP):
-            name = consumer["name"].decode() if isinstance(consumer["name"], bytes) else consumer["name"]
-            if name == self.config.consumer or self.redis.exists(mirror.dispatcher_key(name)):
-                continue
-            pending = self.redis.xpending_range(mirror.STREAM, mirror.GROUP, "-", "+", 1000, consumername=name)
-            if not pending:
-                self.redis.xgroup_delconsumer(mirror.STREAM, mirror.GROUP, name)
-                continue
-            ids = [p["message_id"] for p in pending]
-            claimed = [e for e in self.redis.xclaim(mirror.STREAM, mirror.GROUP, self.config.consumer, 0, ids)
-                       if e[1]]
-            log.warning("reclaimed %d task(s) from dead dispatcher %s", len(claimed), name)
-            self.recover(claimed)
-
-    def recover(self, entries: list) -> None:
-        """Reclaimed entries: never started ones run now; ones that were running count as lost."""
-        statuses = [mirror.read_task(self.redis, mirror.parse_stream_fields(f).task_id) or {} for _, f in entries]
-        fresh, lost = [], []
-        for entry, data in zip(entries, statuses):
-            status = data.get("status", b"QUEUED").decode()
-            if status == TaskStatus.QUEUED.value:
-                fresh.append(entry)
-            elif status == TaskStatus.RUNNING.value:
-                q = mirror.parse_stream_fields(entry[1])
-                self.in_flight[q.task_id] = InFlight(q, entry[0])
-                lost.append(q.task_id)
-            else:  # already final: just forget the entry
-                self.redis.pipeline().xack(mirror.STREAM, mirror.GROUP, entry[0]).xdel(mirror.STREAM, entry[0]).execute()
-        if lost:
-            self.lose(lost, "dispatcher died while the task was running")
-        if fresh:
-            self.start(fresh, self.clock())
 
     # --- workers -------------------------------------------------------------------------
 

@@ -94,7 +94,7 @@ class RemoteDispatcher(Dispatcher):
                 self.table.get(identity).credit += free
             case protocol.Results(results, free):
                 self.on_results(identity, results, free, known)
-            case protocol.Heartbeat(busy):
+            case protocol.Heartbeat():
                 if not known:  # we restarted, or declared it dead: make it register again
                     self.deliver(identity, protocol.Disconnect("unknown worker; register again"))
             case protocol.Disconnect(reason):
