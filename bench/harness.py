@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -47,13 +48,13 @@ class Setup:
     worker: Proc | None = None
     profile: Path | None = None
 
-    def cpu(self) -> dict[str, float]:
+    def cpu(self, table: dict[int, procstat.ProcInfo]) -> dict[str, float]:
         """CPU seconds so far: the dispatcher process itself, and every worker process."""
         dispatcher = procstat.cpu_seconds(self.dispatcher.pid)
-        if self.worker is None:  # local mode: the pool children share the dispatcher's group
-            workers = procstat.group_cpu(self.dispatcher.pid, exclude=(self.dispatcher.pid,))
+        if self.worker is None:  # local mode: the pool children are the dispatcher's
+            workers = procstat.tree_cpu(self.dispatcher.pid, table, exclude=(self.dispatcher.pid,))
         else:
-            workers = procstat.group_cpu(self.worker.pid)
+            workers = procstat.tree_cpu(self.worker.pid, table)
         return {"dispatcher": dispatcher, "workers": workers}
 
 
@@ -233,16 +234,22 @@ class BenchPlatform:
 
     def cpu(self, setup: Setup | None, server: str = "gunicorn") -> dict[str, float]:
         """CPU seconds so far of each part of the platform and of this client process."""
-        figures = {"machine": procstat.machine_busy_seconds(), "web": procstat.group_cpu(self.servers[server].pid),
-                   "redis": procstat.cpu_seconds(self.redis_server.process.pid),
-                   "client": procstat.self_cpu()}
+        table = procstat.process_table()
+        machine = procstat.machine_seconds()
+        figures = {"machine": machine["processes"], "kernel_irq": machine["irq"], "steal": machine["steal"], "web": procstat.tree_cpu(self.servers[server].pid, table),
+                   "redis": procstat.cpu_seconds(self.redis_server.process.pid), "client": procstat.self_cpu()}
         if setup is not None:
-            figures.update(setup.cpu())
+            figures.update(setup.cpu(table))
         return figures
+
+    @staticmethod
+    def own_processes() -> set[int]:
+        """This process and everything it started, so other programs' CPU can be told apart."""
+        return procstat.tree(os.getpid())
 
     def web_rss(self, server: str = "gunicorn") -> int:
         """Resident memory of the web server: every process in its group (gunicorn's master and workers)."""
-        return procstat.group_rss(self.servers[server].pid)
+        return procstat.tree_rss(self.servers[server].pid)
 
 
 def stop_together(procs: list[Proc], timeout: float = 60.0) -> None:
@@ -260,12 +267,14 @@ def stop_together(procs: list[Proc], timeout: float = 60.0) -> None:
 
 
 def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """CPU seconds spent by each part between two `cpu()` readings; "other" is what the rest of
-    the machine (other programs, the kernel) used meanwhile, so a disturbed run shows."""
+    """CPU seconds spent by each part between two `cpu()` readings; "other" is what processes
+    outside the suite used meanwhile, so a disturbed run shows ("kernel_irq" and "steal" are
+    kept apart: interrupt work charged to no process, and time the hypervisor took)."""
     spent = {k: after[k] - before[k] for k in after if k in before}
     machine = spent.pop("machine", None)
     if machine is not None:
-        spent["other"] = max(0.0, machine - sum(spent.values()))
+        ours = sum(v for k, v in spent.items() if k not in ("kernel_irq", "steal"))
+        spent["other"] = max(0.0, machine - ours)
     return spent
 
 

@@ -101,7 +101,7 @@ def run(harness: BenchPlatform, setup: Setup, watcher: CompletionWatcher, config
         "dispatcher_rss_mb": {"before": dispatcher_before, "peak": dispatcher_peak,
                               "after": procstat.rss_bytes(setup.dispatcher.pid) / MB},
         "web_rss_mb": {"before": web_before, "peak": web_peak, "after": harness.web_rss() / MB},
-        "web_processes": len(procstat.group_pids(harness.servers["gunicorn"].pid)),
+        "web_processes": len(procstat.tree(harness.servers["gunicorn"].pid)),
         "peak_queue_length": max([s[3] for s in sampler.samples] or [0]),
         "status_ms": stats.summary(probe.times, 1000.0), "status_errors": probe.errors,
         "timeline": [[round(t, 3), round(d, 2), round(w, 2), q] for t, d, w, q in sampler.samples],

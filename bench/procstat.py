@@ -1,10 +1,23 @@
-"""Memory and CPU of processes and process groups, read from /proc (Linux only)."""
+"""Memory and CPU of processes and their descendants, read from /proc (Linux only).
+
+Trees, not process groups: the worker pool puts each child in a process group of its own
+(so a deadline kill takes the child's own children too), so only the parent links find
+every process a dispatcher or worker program started.
+"""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 _TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ProcInfo:
+    ppid: int
+    cpu: float  # user + system seconds
+    comm: str
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -17,15 +30,45 @@ def _stat_fields(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2:].split()
 
 
-def group_pids(pgid: int) -> list[int]:
-    """Every live process whose process group is `pgid` (the platform's processes each lead one)."""
-    pids = []
+def process_table() -> dict[int, ProcInfo]:
+    """Every live process: parent, CPU seconds so far, command name."""
+    table = {}
     for name in os.listdir("/proc"):
-        if name.isdigit():
-            fields = _stat_fields(int(name))
-            if fields is not None and int(fields[2]) == pgid:  # state, ppid, pgrp, ...
-                pids.append(int(name))
-    return pids
+        if not name.isdigit():
+            continue
+        fields = _stat_fields(int(name))
+        if fields is None:
+            continue
+        try:
+            with open(f"/proc/{name}/comm") as handle:
+                comm = handle.read().strip()
+        except OSError:
+            comm = "?"
+        table[int(name)] = ProcInfo(int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS, comm)
+    return table
+
+
+def tree(root: int, table: dict[int, ProcInfo] | None = None) -> set[int]:
+    """`root` and all its live descendants."""
+    table = process_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, info in table.items():
+        children.setdefault(info.ppid, []).append(pid)
+    found, todo = set(), [root] if root in table else []
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def tree_cpu(root: int, table: dict[int, ProcInfo] | None = None, exclude: tuple[int, ...] = ()) -> float:
+    table = process_table() if table is None else table
+    return sum(table[pid].cpu for pid in tree(root, table) if pid not in exclude)
+
+
+def tree_rss(root: int) -> int:
+    return sum(rss_bytes(pid) for pid in tree(root))
 
 
 def rss_bytes(pid: int) -> int:
@@ -48,26 +91,32 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime
 
 
-def group_rss(pgid: int) -> int:
-    return sum(rss_bytes(pid) for pid in group_pids(pgid))
-
-
-def group_cpu(pgid: int, exclude: tuple[int, ...] = ()) -> float:
-    return sum(cpu_seconds(pid) for pid in group_pids(pgid) if pid not in exclude)
-
-
 def self_cpu() -> float:
     """CPU time of this (the client) process, every thread included."""
     times = os.times()
     return times.user + times.system
 
 
-def machine_busy_seconds() -> float:
-    """CPU seconds every core has spent busy since boot (all processes, the kernel included)."""
+def foreign_cpu(before: dict[int, ProcInfo], after: dict[int, ProcInfo], own: set[int],
+                top: int = 3) -> list[tuple[str, float]]:
+    """The processes not in `own` that used the most CPU between two `process_table()` readings."""
+    used = []
+    for pid, info in after.items():
+        if pid in own:
+            continue
+        spent = info.cpu - (before[pid].cpu if pid in before else 0.0)
+        if spent > 0.05:
+            used.append((f"{info.comm}[{pid}]", round(spent, 2)))
+    return sorted(used, key=lambda item: -item[1])[:top]
+
+
+def machine_seconds() -> dict[str, float]:
+    """CPU seconds since boot, all cores: `processes` (user + nice + system: time charged to
+    some process), `irq` (interrupt and softirq work, e.g. loopback networking, charged to no
+    process) and `steal` (taken by the hypervisor)."""
     with open("/proc/stat") as handle:
-        values = [int(v) for v in handle.readline().split()[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return (sum(values[:8]) - idle) / _TICKS  # guest time is already counted in user
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in handle.readline().split()[1:9])
+    return {"processes": (user + nice + system) / _TICKS, "irq": (irq + softirq) / _TICKS, "steal": steal / _TICKS}
 
 
 def load_average() -> list[float]:

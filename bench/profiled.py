@@ -32,7 +32,9 @@ def main(argv: list[str]) -> None:
             return
         session = profiler.stop()
         state["windows"] += 1
-        session.save(f"{prefix}-{state['windows']}.pyisession")
+        path = f"{prefix}-{state['windows']}.pyisession"
+        session.save(path + ".part")
+        os.replace(path + ".part", path)  # the suite waits for this name: it appears only when complete
 
     signal.signal(signal.SIGUSR1, start)
     signal.signal(signal.SIGUSR2, stop)

@@ -74,16 +74,21 @@ def throughput_section(results: dict, images: dict) -> str:
                      f(r["makespan_s"], 2), f"**{f(r['tasks_per_s'], 0)}**", f(r["submit_per_s"], 0),
                      f(r["request_ms"]["p50"]), f(r["request_ms"]["p95"]),
                      " / ".join(f(cpu.get(k), 2) for k in ("web", "dispatcher", "workers", "redis", "client")),
-                     f(r.get("other_load_cores"), 2), "; ".join(r["errors"]) or ""])
+                     f(r.get("other_load_cores"), 2) + _busiest(r), "; ".join(r["errors"]) or ""])
     header = ["mode", "style", "server", "load", "completed", "failed", "makespan s", "tasks/s", "submitted/s",
               "request p50 ms", "request p95 ms", "CPU ms/task web / dispatcher / workers / redis / client",
               "other load, cores", "errors"]
     return ("## Throughput\n\nNo-op tasks end to end, from the first request to the last completion heard "
             "(completion observed through a Redis pattern subscription to the per-task done channels, not by "
-            "polling the API). CPU is per completed task, summed over every process of each part; \"other load\" "
-            "is CPU the rest of the machine used during the run (other programs), in cores: above ~0.2 the run was "
+            "polling the API). CPU is per completed task, summed over every process of each part (a process and its descendants); \"other load\" "
+            "is CPU that processes outside the suite used during the run, in cores (the busiest named): above ~0.2 the run was "
             "disturbed.\n\n"
             + table(header, rows) + "\n" + image(images.get("throughput"), "throughput"))
+
+
+def _busiest(run: dict) -> str:
+    others = run.get("other_processes") or []
+    return (" (" + ", ".join(f"{name} {cpu:g} s" for name, cpu in others) + ")") if others else ""
 
 
 def latency_section(results: dict, images: dict) -> str:

@@ -26,6 +26,7 @@ class RemoteDispatcher(Dispatcher):
 
     def setup(self) -> None:
         self.table = WorkerTable(self.config.heartbeat_interval, self.config.heartbeat_liveness)
+        self.asked: dict[bytes, float] = {}  # identity -> until when we will not ask it to register again
         self.next_heartbeat = 0.0
         self.context = zmq.Context()  # made here, after any fork, never inherited
         self.socket = self.context.socket(zmq.ROUTER)
@@ -95,8 +96,8 @@ class RemoteDispatcher(Dispatcher):
             case protocol.Results(results, free):
                 self.on_results(identity, results, free, known)
             case protocol.Heartbeat():
-                if not known:  # we restarted, or declared it dead: make it register again
-                    self.deliver(identity, protocol.Disconnect("unknown worker; register again"))
+                if not known:
+                    self.ask_to_register(identity, now)
             case protocol.Disconnect(reason):
                 if known:
                     self.worker_lost(identity, f"worker disconnected ({reason or 'no reason given'})")
@@ -105,10 +106,19 @@ class RemoteDispatcher(Dispatcher):
 
     # --- workers -------------------------------------------------------------------------
 
+    def ask_to_register(self, identity: bytes, now: float) -> None:
+        """We restarted, or declared the worker dead: make it register again — once, not for
+        every heartbeat it queued while we were away."""
+        if self.asked.get(identity, 0.0) > now:
+            return
+        self.asked[identity] = now + self.table.ttl
+        self.deliver(identity, protocol.Disconnect("unknown worker; register again"))
+
     def register(self, identity: bytes, info: protocol.WorkerInfo, now: float) -> WorkerEntry:
-        entry, held = self.table.register(identity, info, now)
-        if held:
-            self.lose(held, "worker restarted while running the task")
+        self.asked.pop(identity, None)
+        entry, missing = self.table.register(identity, info, now)
+        if missing:
+            self.lose(missing, "worker restarted while running the task")
         self.worker_seen(entry.name, info, busy=info.busy)
         log.info("worker %s registered with %d processes (%d busy)", entry.name, info.processes, info.busy)
         self.backlog = True

@@ -50,11 +50,17 @@ class WorkerTable:
         return self.workers.get(identity)
 
     def register(self, identity: bytes, info: WorkerInfo, now: float) -> tuple[WorkerEntry, list[str]]:
-        """Add or replace a worker; returns the entry and tasks a previous registration held."""
+        """Add or replace a worker. Tasks it reports holding stay assigned to it (or count as
+        busy if we never sent them); returns the tasks we sent that it no longer has."""
         old = self.remove(identity)
-        entry = WorkerEntry(identity, info, now + self.ttl, untracked_busy=info.busy)
+        reported = set(info.holding)
+        ours = old.tasks if old else set()
+        entry = WorkerEntry(identity, info, now + self.ttl, untracked_busy=len(reported - ours))
         self.workers[identity] = entry
-        return entry, (sorted(old.tasks) if old else [])
+        for task_id in ours & reported:
+            entry.tasks.add(task_id)
+            self.holder[task_id] = identity
+        return entry, sorted(ours - reported)
 
     def seen(self, identity: bytes, now: float) -> bool:
         """Any message from a worker proves it alive; False if it is unknown."""

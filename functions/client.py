@@ -144,12 +144,12 @@ class FaaSClient:
         params = {"wait": f"{wait:.3f}"} if wait > 0 else None
         return self._call("GET", f"/result/{task_id}", params=params, timeout=self.timeout + wait)
 
-    def cancel(self, task_id: str) -> bool:
-        """Cancel a task: a queued one never runs, a running one has its process stopped.
-        Either way it FAILS with WorkerFailureException("cancelled"). False if it had
-        already finished."""
+    def cancel(self, task_id: str, *, queued_only: bool = False) -> bool:
+        """Cancel a task: a queued one never runs, a running one has its process stopped
+        (unless `queued_only`). Either way it FAILS with WorkerFailureException("cancelled").
+        False if it had already finished (or, with `queued_only`, started)."""
         try:
-            self._call("POST", f"/cancel/{task_id}")
+            self._call("POST", f"/cancel/{task_id}" + ("?queued_only=1" if queued_only else ""))
         except APIError as exc:
             if exc.status_code == 409:
                 return False

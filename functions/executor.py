@@ -213,13 +213,13 @@ class FaaSExecutor(Executor):
             self._unresolved.discard(future)
 
     def _cancel_queued(self, future: TaskFuture) -> bool:
-        """Cancel the task only if it has not started. A task that starts between the two
-        requests is stopped by the server's cancel: it still never delivers a result."""
+        """Cancel the task only if it has not started; the server decides atomically."""
         try:
-            status = self.client.status(future.task_id)
-            if status == TaskStatus.RUNNING.value:
+            if self.client.cancel(future.task_id, queued_only=True):
+                return True
+            if self.client.status(future.task_id) == TaskStatus.RUNNING.value:
                 future.set_running_or_notify_cancel()
-            return status == TaskStatus.QUEUED.value and self.client.cancel(future.task_id)
+            return False
         except Exception as exc:  # Future.cancel() answers; it does not raise
             log.warning("could not cancel task %s: %s", future.task_id, exc)
             return False

@@ -33,12 +33,14 @@ THROUGHPUT_WINDOW = 600  # seconds of throughput history kept
 
 FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 
-# KEYS[1]=task hash, KEYS[2]=done channel; ARGV = status, result, error, ttl, field, value, ...
+# KEYS[1]=task hash, KEYS[2]=done channel; ARGV = status, result, error, ttl, required status
+# ("" for any unfinished one), field, value, ...
 _FINISH = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if s == 'COMPLETED' or s == 'FAILED' then return 0 end
+if ARGV[5] ~= '' and s ~= ARGV[5] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3])
-if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
@@ -143,9 +145,11 @@ def register_scripts(r: redis.Redis):
     return r.register_script(_START), r.register_script(_FINISH)
 
 
-def finish(script, pipe_or_client, task_id, status: str, result: bytes, error: str, ttl: int, **extra):
-    """Set a final state unless the task already has one; publishes on the done channel."""
-    args = [status, result, error, ttl]
+def finish(script, pipe_or_client, task_id, status: str, result: bytes, error: str, ttl: int,
+           only_if: str = "", **extra):
+    """Set a final state unless the task already has one (or, with `only_if`, unless its
+    status is something else); publishes on the done channel."""
+    args = [status, result, error, ttl, only_if]
     for k, v in extra.items():
         args += [k, v]
     return script(keys=[task_key(task_id), done_channel(task_id)], args=args, client=pipe_or_client)

@@ -124,20 +124,19 @@ def task_view(*, owner, task_id) -> TaskView:
                     error or "")
 
 
-def task_cancel(*, task: Task, reason: str = "cancelled") -> None:
-    """Fail a QUEUED or RUNNING task as cancelled; a running task's process is stopped."""
+def task_cancel(*, task: Task, reason: str = "cancelled", queued_only: bool = False) -> None:
+    """Fail a task as cancelled: a QUEUED one never runs, a RUNNING one has its process
+    stopped (unless `queued_only`). Redis decides, atomically, whether it was still unfinished."""
     r = redis_client()
-    start_script, finish_script = mirror.register_scripts(r)
-    exc = WorkerFailureException(reason)
-    result = serialization.dumps(exc)
-    now = time.time()
-    changed = mirror.finish(finish_script, r, task.id, TaskStatus.FAILED.value, result, f"WorkerFailureException: {reason}",
-                            settings.FAAS_RESULT_TTL, finished_at=repr(now))
-    updated = Task.objects.filter(id=task.id, status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING]).update(
-        status=TaskStatus.FAILED, result=result, result_size=len(result),
-        error=f"WorkerFailureException: {reason}", finished_at=timezone.now())
-    if not changed and not updated:
-        raise NotCancellable(f"Task {task.id} has already finished.")
+    _start, finish_script = mirror.register_scripts(r)
+    result = serialization.dumps(WorkerFailureException(reason))
+    error = f"WorkerFailureException: {reason}"
+    changed = mirror.finish(finish_script, r, task.id, TaskStatus.FAILED.value, result, error, settings.FAAS_RESULT_TTL,
+                            only_if=TaskStatus.QUEUED.value if queued_only else "", finished_at=repr(time.time()))
+    if not changed:
+        raise NotCancellable(f"Task {task.id} has already {'started' if queued_only else 'finished'}.")
+    Task.objects.filter(id=task.id).update(status=TaskStatus.FAILED, result=result, result_size=len(result),
+                                           error=error, finished_at=timezone.now())
     mirror.send_control(r, "cancel", task_id=str(task.id))
 
 

@@ -99,13 +99,16 @@ class ResultView(APIView):
 
 
 class CancelView(APIView):
-    """Cancel a task: a queued task never runs; a running task's process is stopped."""
+    """Cancel a task: a queued task never runs; a running task's process is stopped.
+    `?queued_only=1` cancels only a task that has not started (409 otherwise)."""
 
-    @extend_schema(request=None, responses={200: s.StatusSerializer})
+    @extend_schema(request=None, responses={200: s.StatusSerializer},
+                   parameters=[OpenApiParameter("queued_only", bool, description="cancel only if not started")])
     def post(self, request, task_id):
         task = services.task_get(owner=request.user, task_id=task_id)
+        queued_only = request.query_params.get("queued_only", "").lower() in ("1", "true", "yes")
         try:
-            services.task_cancel(task=task)
+            services.task_cancel(task=task, queued_only=queued_only)
         except services.NotCancellable as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(task_body(services.task_view(owner=request.user, task_id=task_id), with_result=False))

@@ -218,3 +218,17 @@ def test_openapi_docs_and_browsable_api(alice):
     assert schema.status_code == 200 and "/register_function" in schema.content.decode()
     page = alice.get("/register_function", HTTP_ACCEPT="text/html")
     assert page.status_code == 405 and b"<html" in page.content.lower()
+
+
+def test_cancel_queued_only_refuses_a_started_task(alice, redis_client):
+    function_id = register(alice)
+    queued = execute(alice, function_id, 1, 2).json()["task_id"]
+    started = execute(alice, function_id, 3, 4).json()["task_id"]
+    redis_client.hset(mirror.task_key(started), "status", "RUNNING")
+    assert alice.post(f"/cancel/{started}?queued_only=1").status_code == 409
+    assert alice.get(f"/status/{started}").json()["status"] == "RUNNING"
+    response = alice.post(f"/cancel/{queued}?queued_only=1")
+    assert response.status_code == 200 and response.json()["status"] == "FAILED"
+    assert Task.objects.get(id=queued).status == "FAILED"
+    assert alice.post(f"/cancel/{queued}").status_code == 409  # already finished
+    assert alice.post(f"/cancel/{started}").status_code == 200  # a running task can be stopped

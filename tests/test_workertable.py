@@ -46,7 +46,7 @@ def test_release_frees_a_process_and_forgets_the_holder():
 
 def test_reconnected_worker_counts_its_running_tasks_as_busy_until_they_finish():
     t = table()
-    t.register(b"a", WorkerInfo(2, busy=2), 0.0)
+    t.register(b"a", WorkerInfo(2, holding=("old-1", "old-2")), 0.0)
     assert t.push_capacity() == 0
     t.release("old-task", identity=b"a")
     assert t.push_capacity() == 1
@@ -69,9 +69,11 @@ def test_draining_worker_gets_no_new_work():
     assert t.pick() is None and t.push_capacity() == 0
 
 
-def test_re_registration_returns_the_tasks_the_old_registration_held():
+def test_re_registration_keeps_what_the_worker_still_holds_and_returns_what_it_lost():
     t = table()
     t.register(b"a", WorkerInfo(2), 0.0)
-    t.assign(b"a", "t1")
-    _, held = t.register(b"a", WorkerInfo(2), 1.0)
-    assert held == ["t1"] and t.holder == {}
+    t.assign(b"a", "kept")
+    t.assign(b"a", "lost")
+    entry, missing = t.register(b"a", WorkerInfo(2, holding=("kept",)), 1.0)
+    assert missing == ["lost"] and entry.tasks == {"kept"} and t.holder == {"kept": b"a"}
+    assert entry.free == 1

@@ -51,7 +51,11 @@ class WorkerInfo:
     processes: int
     hostname: str = ""
     pid: int = 0
-    busy: int = 0  # processes already running tasks (after a reconnect)
+    holding: tuple[str, ...] = ()  # tasks it is already running or holding (after a reconnect)
+
+    @property
+    def busy(self) -> int:
+        return len(self.holding)
 
 
 @dataclass(frozen=True)
@@ -121,9 +125,9 @@ def encode(msg: Message) -> list[bytes]:
     """Frames for one message (without any ROUTER identity)."""
     match msg:
         case Register(info):
-            return [VERSION, Kind.REGISTER.value, _header(vars(info))]
+            return [VERSION, Kind.REGISTER.value, _header(_info_fields(info))]
         case Request(free, info):
-            return [VERSION, Kind.REQUEST.value, _header({"free": free, **vars(info)})]
+            return [VERSION, Kind.REQUEST.value, _header({"free": free, **_info_fields(info)})]
         case Tasks(tasks):
             head = [[t.task_id, t.function_id, t.deadline_s] for t in tasks]
             blobs = [b for t in tasks for b in (t.function, t.arguments)]
@@ -140,9 +144,13 @@ def encode(msg: Message) -> list[bytes]:
     raise ProtocolError(f"cannot encode {type(msg).__name__}")
 
 
+def _info_fields(info: WorkerInfo) -> dict:
+    return {"processes": info.processes, "hostname": info.hostname, "pid": info.pid, "holding": list(info.holding)}
+
+
 def _info(head: dict) -> WorkerInfo:
     return WorkerInfo(processes=int(head["processes"]), hostname=str(head.get("hostname", "")),
-                      pid=int(head.get("pid", 0)), busy=int(head.get("busy", 0)))
+                      pid=int(head.get("pid", 0)), holding=tuple(str(t) for t in head.get("holding", ())))
 
 
 def decode(frames: list[bytes]) -> Message:

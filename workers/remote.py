@@ -114,7 +114,8 @@ class RemoteWorker:
 
             secure_client(self.socket, self.keys_dir, self.key_name)
         self.socket.connect(self.endpoint)
-        info = protocol.WorkerInfo(self.processes, socket.gethostname(), os.getpid(), busy=self.pool.busy)
+        holding = tuple(self.pool.holding()) + tuple(t.task_id for t in self.backlog)
+        info = protocol.WorkerInfo(self.processes, socket.gethostname(), os.getpid(), holding=holding)
         free = 0 if self.stopping else self.pool.free - len(self.backlog)
         self.send(protocol.Request(max(0, free), info) if self.mode == "pull" else protocol.Register(info))
         if self.unsent:
