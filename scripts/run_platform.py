@@ -117,7 +117,7 @@ class Platform:
         return f"""
 FaaS platform running ({self.mode} mode, {self.processes} worker processes)
   API docs:   {base}/docs
-  Admin:      {base}/admin/   (live dashboard: {base}/admin/dashboard/)
+  Admin:      {base}/admin/   (live dashboard: {base}/admin/functions/task/dashboard/)
   Anonymous API access is on for local development (FAAS_ALLOW_ANONYMOUS=1).
 {login}
 Try it:     curl -s {base}/status/00000000-0000-0000-0000-000000000000   (README.md shows a full session)
