@@ -236,7 +236,8 @@ class BenchPlatform:
         """CPU seconds so far of each part of the platform and of this client process."""
         table = procstat.process_table()
         machine = procstat.machine_seconds()
-        figures = {"machine": machine["processes"], "kernel_irq": machine["irq"], "steal": machine["steal"], "web": procstat.tree_cpu(self.servers[server].pid, table),
+        figures = {"machine": machine["processes"], "kernel_irq": machine["irq"], "steal": machine["steal"],
+                   "web": procstat.tree_cpu(self.servers[server].pid, table),
                    "redis": procstat.cpu_seconds(self.redis_server.process.pid), "client": procstat.self_cpu()}
         if setup is not None:
             figures.update(setup.cpu(table))

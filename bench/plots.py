@@ -64,7 +64,8 @@ def scaling(points: list[dict], out: Path) -> str | None:
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
     for mode in sorted({p["mode"] for p in points}):
         for kind, style in (("sleep", "-o"), ("noop", "--s")):
-            series = sorted((p for p in points if p["mode"] == mode and p["kind"] == kind), key=lambda p: p["processes"])
+            series = sorted((p for p in points if p["mode"] == mode and p["kind"] == kind),
+                            key=lambda p: p["processes"])
             if not series:
                 continue
             xs = [p["processes"] for p in series]

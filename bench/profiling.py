@@ -1,7 +1,7 @@
 """Profiling, on request (`python -m bench --profile`): with every gunicorn request and the
-push dispatcher sampled by pyinstrument, two more runs: one request per task from 16
-clients (where contention shows) and sequential SDK round trips (where the CPU cost of one
-task shows without anyone waiting on a lock).
+push dispatcher sampled by pyinstrument, three more runs: one request per task from 16
+clients (where contention shows), batches (where the dispatcher is the limit) and
+sequential SDK round trips (where the cost of one task shows without anyone waiting on a lock).
 
 Profiling slows everything down, so these runs' figures are reported apart from the real
 ones. pyinstrument is not a project dependency: `pip install pyinstrument` first.
@@ -23,7 +23,7 @@ from scripts.waiting import wait_until
 
 SERVER = "gunicorn-profiled"
 TOP_LINES = 40  # lines of each flat (self-time) listing copied into the report
-PHASES = ("loaded", "sequential")  # in the order they run: the dispatcher's windows are numbered so
+PHASES = ("loaded", "batch", "sequential")  # in the order they run: the dispatcher's windows are numbered so
 
 
 def render(session_paths: list[Path], out: Path, name: str) -> str:
@@ -75,7 +75,9 @@ def run(harness: BenchPlatform, watcher: CompletionWatcher, config: BenchConfig)
         with recording(directory, setup, "loaded", window=1):
             figures["loaded"], *_ = throughput.run(harness, setup, watcher, config, throughput.PER_REQUEST,
                                                    server=SERVER)
-        with recording(directory, setup, "sequential", window=2):
+        with recording(directory, setup, "batch", window=2):
+            figures["batch"], *_ = throughput.run(harness, setup, watcher, config, throughput.BATCH, server=SERVER)
+        with recording(directory, setup, "sequential", window=3):
             figures["sequential"], *_ = latency.run(harness, setup, config.latency_round_trips, config.run_timeout,
                                                     server=SERVER)
     harness.servers[SERVER].stop(timeout=60)  # the workers save their sessions on the way out
@@ -83,15 +85,18 @@ def run(harness: BenchPlatform, watcher: CompletionWatcher, config: BenchConfig)
     for n, phase in enumerate(PHASES, start=1):
         web = sorted(directory.glob(f"web-{phase}-*.pyisession"))
         if web:
-            top[f"web, {phase}: gunicorn requests, flat self time (wall clock)"] = render(web, directory, f"web-{phase}")
+            title = f"web, {phase}: gunicorn requests, flat self time (wall clock)"
+            top[title] = render(web, directory, f"web-{phase}")
         dispatcher = directory / f"dispatcher-{n}.pyisession"
         if dispatcher.exists():
             top[f"dispatcher, {phase}: flat self time (wall clock, idle included)"] = render(
                 [dispatcher], directory, f"dispatcher-{phase}")
-    loaded, sequential = figures["loaded"], figures["sequential"]
+    loaded, batch, sequential = figures["loaded"], figures["batch"], figures["sequential"]
     return {"note": f"Under the profilers (which slow everything down), push mode: {loaded['completed']} tasks one "
-                    f"request per task from {config.clients} clients at {loaded['tasks_per_s']:.0f} tasks/s, then "
+                    f"request per task from {config.clients} clients at {loaded['tasks_per_s']:.0f} tasks/s, "
+                    f"{batch['completed']} in batches at {batch['tasks_per_s']:.0f} tasks/s, then "
                     f"{sequential['round_trips']} sequential round trips at p50 "
                     f"{sequential['round_trip_ms']['p50']:.1f} ms. Full call trees and flat listings: "
                     f"profile/*-tree.txt and profile/*-flat.txt.",
-            "loaded": loaded, "sequential": {k: v for k, v in sequential.items() if k != "samples_ms"}, "top": top}
+            "loaded": loaded, "batch": batch, "top": top,
+            "sequential": {k: v for k, v in sequential.items() if k != "samples_ms"}}

@@ -80,9 +80,9 @@ def throughput_section(results: dict, images: dict) -> str:
               "other load, cores", "errors"]
     return ("## Throughput\n\nNo-op tasks end to end, from the first request to the last completion heard "
             "(completion observed through a Redis pattern subscription to the per-task done channels, not by "
-            "polling the API). CPU is per completed task, summed over every process of each part (a process and its descendants); \"other load\" "
-            "is CPU that processes outside the suite used during the run, in cores (the busiest named): above ~0.2 the run was "
-            "disturbed.\n\n"
+            "polling the API). CPU is per completed task, summed over every process of each part (a process and "
+            "its descendants); \"other load\" is CPU that processes outside the suite used during the run, in "
+            "cores (the busiest named): above ~0.2 the run was disturbed.\n\n"
             + table(header, rows) + "\n" + image(images.get("throughput"), "throughput"))
 
 
@@ -168,7 +168,8 @@ def write_report(results: dict, out: Path) -> Path:
     load = " → ".join("/".join(f"{v:.2f}" for v in meta.get(k, [])) for k in ("load_before", "load_after"))
     head = (f"# Benchmark report\n\n`{meta.get('command')}` · level **{meta['level']}** · {meta['started']} · "
             f"{f(meta.get('duration_s'), 0)} s · Python {meta['python']} · {meta['cpus']} CPUs · "
-            f"{meta['platform']} · code {meta.get('code', '?')} · load average before → after: {load}\n\nWeb server for the REST API: {meta.get('web', '?')}. Redis, web servers, "
+            f"{meta['platform']} · code {meta.get('code', '?')} · load average before → after: {load}\n\n"
+            f"Web server for the REST API: {meta.get('web', '?')}. Redis, web servers, "
             f"dispatchers and workers all run on this machine, beside the load generator. Raw figures: "
             f"results.json.\n")
     sections = [head, summary_section(results), errors_section(results), floor_section(results),

@@ -30,7 +30,8 @@ def run_point(harness: BenchPlatform, setup: Setup, watcher: CompletionWatcher, 
     for _ in range(config.scaling_repeats):
         watcher.reset()
         deadline = time.monotonic() + config.run_timeout
-        submitted = submit_batches(harness.urls["gunicorn"], lambda conn, chunk: harness.submit_batch(conn, function, chunk),
+        submitted = submit_batches(harness.urls["gunicorn"],
+                                   lambda conn, chunk: harness.submit_batch(conn, function, chunk),
                                    [payload] * count, count, deadline)
         if not watcher.wait(submitted.task_ids, timeout=max(1.0, deadline - time.monotonic())):
             errors.append("not every completion was heard before the run's time limit")

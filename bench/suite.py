@@ -116,7 +116,8 @@ def _raise(exc: Exception):
 
 
 def meta(config: BenchConfig, command: str) -> dict:
-    return {"level": config.level, "config": config.as_dict(), "started": dt.datetime.now().isoformat(timespec="seconds"),
+    return {"level": config.level, "config": config.as_dict(),
+            "started": dt.datetime.now().isoformat(timespec="seconds"),
             "python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count(),
             "command": command, "code": code_version(),
             "load_before": procstat.load_average()}

@@ -303,7 +303,7 @@ class Dispatcher(Recovery):
     def store(self, finished: list[tuple[InFlight | None, protocol.Result]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         stored_at = repr(time.time())
-        for flight, r in finished:
+        for _flight, r in finished:
             mirror.finish(self.finish_script, pipe, r.task_id, r.status, r.result, r.error, self.config.result_ttl,
                           started_at=repr(r.started_at or 0.0), finished_at=repr(r.finished_at or 0.0),
                           stored_at=stored_at)

@@ -91,7 +91,8 @@ class Recovery:
                 self.in_flight[q.task_id] = InFlight(q, entry[0])
                 lost.append(q.task_id)
             else:  # already final: just forget the entry
-                self.redis.pipeline().xack(mirror.STREAM, mirror.GROUP, entry[0]).xdel(mirror.STREAM, entry[0]).execute()
+                pipe = self.redis.pipeline()
+                pipe.xack(mirror.STREAM, mirror.GROUP, entry[0]).xdel(mirror.STREAM, entry[0]).execute()
         if lost:
             self.lose(lost, "dispatcher died while the task was running")
         if fresh:

@@ -236,7 +236,7 @@ def workers_update(states: dict[int, dict], done: dict[int, int] | None = None) 
         if done.get(worker_id):
             fields["tasks_done"] = F("tasks_done") + done[worker_id]
         if "last_heartbeat" in fields and isinstance(fields["last_heartbeat"], float):
-            fields["last_heartbeat"] = datetime.datetime.fromtimestamp(fields["last_heartbeat"], tz=datetime.timezone.utc)
+            fields["last_heartbeat"] = datetime.datetime.fromtimestamp(fields["last_heartbeat"], tz=datetime.UTC)
         fields.pop("hostname", None)
         Worker.objects.filter(pk=worker_id).update(**fields)
 

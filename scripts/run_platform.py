@@ -136,7 +136,7 @@ Press Ctrl-C to stop everything.
 
     def stop(self) -> None:
         """Stop children newest first (workers before the dispatcher, Redis last)."""
-        for name, process in reversed(self.children):
+        for _name, process in reversed(self.children):
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGTERM)
                 try:

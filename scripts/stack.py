@@ -10,14 +10,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 
-from scripts.waiting import wait_until
 from scripts.redis_server import free_port
+from scripts.waiting import wait_until
 
 REPO = Path(__file__).resolve().parent.parent  # the project root
 

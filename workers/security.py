@@ -63,7 +63,8 @@ def add_worker_key(directory: str | os.PathLike, name: str) -> None:
     root = Path(directory)
     _check_name(name)
     if not _server_public(root).is_file():
-        raise FileNotFoundError(f"{_server_public(root)} not found: run `python -m workers.security generate {root}` first")
+        raise FileNotFoundError(
+            f"{_server_public(root)} not found: run `python -m workers.security generate {root}` first")
     _make_dir(root / WORKERS_DIR)
     _make_dir(root / AUTHORIZED_DIR)
     authorized = root / AUTHORIZED_DIR / f"{name}{PUBLIC_SUFFIX}"
