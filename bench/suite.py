@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import breakdown, floor, procstat, latency, memory, profiling, scaling, throughput
+from bench import breakdown, floor, latency, memory, procstat, profiling, scaling, throughput
 from bench.config import TARGET_MODE, BenchConfig
 from bench.harness import BenchPlatform, dump
 from bench.load import CompletionWatcher

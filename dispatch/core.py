@@ -371,7 +371,7 @@ class Dispatcher(Recovery):
         """Apply the batch; a database outage keeps it for the next try instead of crashing
         (Redis already holds every state, so clients see no difference)."""
         try:
-            self.writes.flush()
+            self.writes.flush(now)
         except IntegrityError:  # e.g. an operator deleted a Worker row we still point at
             log.exception("database rejected the batch; retrying it without worker links")
             self.worker_ids.clear()

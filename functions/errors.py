@@ -4,6 +4,7 @@ import logging
 
 import redis
 from django.core.exceptions import RequestDataTooBig
+from django.db import OperationalError
 from django.http import JsonResponse
 from rest_framework import status
 from rest_framework.exceptions import APIException, NotFound
@@ -32,9 +33,12 @@ def exception_handler(exc, context):
         exc = NotFound(str(exc))
     elif isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge("The request body is larger than this server accepts.")
-    elif isinstance(exc, redis.RedisError):  # nothing was queued: the transaction rolled back
+    elif isinstance(exc, redis.RedisError):  # nothing was queued
         log.warning("Redis unavailable: %s", exc)
         exc = ServiceUnavailable("The task store is unavailable right now; nothing was changed. Retry shortly.")
+    elif isinstance(exc, OperationalError):  # e.g. the database is locked or down; queued work was abandoned
+        log.warning("database unavailable: %s", exc)
+        exc = ServiceUnavailable("The database is unavailable right now; nothing was queued. Retry shortly.")
     return drf_exception_handler(exc, context)
 
 
