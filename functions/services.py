@@ -8,12 +8,14 @@ and an acknowledged task is both durable and queued.
 from __future__ import annotations
 
 import datetime
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 
+import redis
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -63,13 +65,28 @@ def function_register(*, owner, name: str, payload: bytes) -> Function:
     return function
 
 
+FUNCTION_CACHE_SECONDS = 30.0  # how long a server process trusts a function's owner without asking the database
+_function_owners: dict[uuid.UUID, tuple[int | None, float]] = {}
+
+
 def function_get(*, owner, function_id) -> Function:
-    """The caller's function (without its payload); NotFound for anyone else's."""
+    """The caller's function (without its payload); NotFound for anyone else's. Owners of
+    recently used functions are remembered: functions never change hands."""
     fid = parse_uuid(function_id)
+    owner_id = _owner(owner).pk if _owner(owner) else None
+    cached = _function_owners.get(fid)
+    if cached is not None and cached[1] > time.monotonic():
+        if cached[0] != owner_id:
+            raise NotFound(f"No function with id {fid}.")
+        return Function(id=fid, owner_id=owner_id)
     try:
-        return Function.objects.only("id", "owner_id", "name").get(id=fid, owner=_owner(owner))
+        function = Function.objects.only("id", "owner_id", "name").get(id=fid, owner=_owner(owner))
     except Function.DoesNotExist:
         raise NotFound(f"No function with id {fid}.") from None
+    if len(_function_owners) > 10_000:
+        _function_owners.clear()
+    _function_owners[fid] = (function.owner_id, time.monotonic() + FUNCTION_CACHE_SECONDS)
+    return function
 
 
 def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeout: float | None = None,
@@ -91,8 +108,11 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
     try:
         with transaction.atomic():
             Task.objects.bulk_create(tasks)
-    except Exception:
+    except Exception as exc:
         _abandon(r, [t.task_id for t in queued])
+        if isinstance(exc, IntegrityError):  # the function was deleted a moment ago
+            _function_owners.pop(function.id, None)
+            raise NotFound(f"No function with id {function.id}.") from None
         raise
     return tasks
 
@@ -167,25 +187,42 @@ def task_retry(*, task: Task) -> Task:
                              timeout=task.timeout, retry_of=task)[0]
 
 
+_local = threading.local()  # one pub/sub connection per server thread, kept between long-polls
+
+
+def _thread_pubsub():
+    r = redis_client()
+    pubsub = getattr(_local, "pubsub", None)
+    if pubsub is None or pubsub.connection_pool is not r.connection_pool:
+        pubsub = _local.pubsub = r.pubsub(ignore_subscribe_messages=True)
+    return pubsub
+
+
 def task_wait(*, owner, task_id, timeout: float) -> TaskView:
     """The task once it is final or `timeout` seconds have passed, woken through Redis
-    pub/sub (no sleep loop). Subscribes before re-reading, so no wake-up is lost."""
-    view = task_view(owner=owner, task_id=task_id)
-    if view.status in mirror.FINAL or timeout <= 0:
-        return view
-    pubsub = redis_client().pubsub(ignore_subscribe_messages=True)
+    pub/sub (no sleep loop). Subscribes before reading, so no wake-up is lost; the
+    thread's subscription connection is reused, so a long-poll opens no connection."""
+    tid = parse_uuid(task_id)
+    if timeout <= 0:
+        return task_view(owner=owner, task_id=tid)
+    channel = mirror.done_channel(tid).encode()
+    pubsub = _thread_pubsub()
     try:
-        pubsub.subscribe(mirror.done_channel(view.task_id))
+        pubsub.subscribe(channel)
+        view = task_view(owner=owner, task_id=tid)
         deadline = time.monotonic() + timeout
-        view = task_view(owner=owner, task_id=task_id)
         while view.status not in mirror.FINAL:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            if pubsub.get_message(timeout=remaining) is not None:
-                view = task_view(owner=owner, task_id=task_id)
-    finally:
+            message = pubsub.get_message(timeout=remaining)
+            if message is not None and message["channel"] == channel:  # not a late one for an earlier wait
+                view = task_view(owner=owner, task_id=tid)
+        pubsub.unsubscribe(channel)
+    except redis.RedisError:
+        _local.pubsub = None  # a broken connection is not reused
         pubsub.close()
+        raise
     return view
 
 
