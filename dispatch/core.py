@@ -76,6 +76,7 @@ class Dispatcher(Recovery):
         self.redis = redis.Redis.from_url(self.config.redis_url, socket_keepalive=True)
         mirror.ensure_group(self.redis)
         self.start_script, self.finish_script = mirror.register_scripts(self.redis)
+        self.claim_script = mirror.claim_script(self.redis)
         self.subscribe()
         self.refresh_liveness()
         self.setup()
@@ -91,6 +92,7 @@ class Dispatcher(Recovery):
         """Fail what is still held (a cold stop), flush, and close everything."""
         if self.in_flight:
             self.lose(list(self.in_flight), "dispatcher stopped before the task finished", retry=True)
+        self.store_pending()
         try:
             self.teardown()
         finally:
@@ -114,11 +116,10 @@ class Dispatcher(Recovery):
 
     def loop(self, now: float) -> None:
         self.read_control()
-        if self.stopping and not self.in_flight:
+        if self.stopping and not self.in_flight and not self.unstored:
             self.stopped = True
             return
-        if not self.stopping:
-            self.claim(now)
+        self.sync(now)
         ready = self.wait(self.poll_timeout(now))
         now = self.clock()
         if ready:
@@ -136,7 +137,7 @@ class Dispatcher(Recovery):
         """How long to wait for worker events before the next piece of periodic work."""
         wake_at = min(self.next_flush if len(self.writes) else now + 1.0, now + self.config.idle_poll,
                       self.next_tick(now))
-        if self.capacity() > 0 and self.backlog:
+        if self.unstored or (self.capacity() > 0 and self.backlog and not self.stopping):
             return 0.0
         return max(0.0, wake_at - now)
 
@@ -177,36 +178,55 @@ class Dispatcher(Recovery):
         elif command.get("command") == "drain":
             self.drain_worker(command.get("identity", ""))
 
-    def claim(self, now: float) -> None:
-        """Take as many queued tasks as there are free places to run them."""
-        free = self.capacity()
-        if free <= 0 or not (self.backlog or now >= self.next_claim_check):
+    def sync(self, now: float) -> None:
+        """Store finished results and claim as many queued tasks as there are free places to
+        run them, in one Redis round trip."""
+        free = 0 if self.stopping else self.capacity()
+        claiming = free > 0 and (self.backlog or now >= self.next_claim_check)
+        if not claiming:
+            self.store_pending()
             return
         self.next_claim_check = now + self.config.idle_poll
+        finished, self.unstored = self.unstored, []
+        pipe = self.redis.pipeline(transaction=False)
+        self.queue_store(pipe, finished)
+        wall = time.time()
+        mirror.claim(self.claim_script, pipe, self.config.consumer, free, wall)
         try:
-            response = self.redis.xreadgroup(mirror.GROUP, self.config.consumer, {mirror.STREAM: ">"}, count=free)
-        except redis.ResponseError as exc:
-            if "NOGROUP" not in str(exc):
-                raise
+            replies = pipe.execute(raise_on_error=False)
+        except (redis.ConnectionError, redis.TimeoutError):
+            self.unstored = finished + self.unstored  # nothing is lost: retried once Redis is back
+            raise
+        self.after_store(finished, replies)
+        claimed = replies[-1]
+        if isinstance(claimed, redis.ResponseError):
+            if "NOGROUP" not in str(claimed):
+                raise claimed
             log.warning("the task stream vanished (Redis restarted without its data?); recreating it")
             mirror.ensure_group(self.redis)
             return
-        entries = response[0][1] if response else []
-        self.backlog = len(entries) >= free
-        if entries:
-            self.start(entries, now)
+        self.backlog = len(claimed) >= free
+        if claimed:
+            self.admit([(entry_id, mirror.entry_fields(flat), ok) for entry_id, flat, ok in claimed], now, wall)
 
     def start(self, entries: list, now: float) -> None:
-        queued = [(entry_id, mirror.parse_stream_fields(fields)) for entry_id, fields in entries]
-        payloads = self.function_payloads({q.function_id for _, q in queued})
+        """Mark reclaimed entries RUNNING (unless already final), then hand them out."""
         pipe = self.redis.pipeline(transaction=False)
         wall = time.time()
-        for _, q in queued:
+        for _, fields in entries:
+            q = mirror.parse_stream_fields(fields)
             mirror.start(self.start_script, pipe, q.task_id, dispatched_at=repr(wall), attempts=q.attempt)
         started = pipe.execute()
+        self.admit([(entry_id, fields, ok) for (entry_id, fields), ok in zip(entries, started)], now, wall)
+
+    def admit(self, claimed: list, now: float, wall: float) -> None:
+        """Hold claimed entries and hand them to the mode; ones already final (cancelled
+        while queued) are acknowledged and never run."""
+        queued = [(entry_id, mirror.parse_stream_fields(fields), ok) for entry_id, fields, ok in claimed]
+        payloads = self.function_payloads({q.function_id for _, q, ok in queued if ok})
         tasks, dropped = [], []
-        for (entry_id, q), ok in zip(queued, started):
-            if not ok:  # cancelled while queued: never runs
+        for entry_id, q, ok in queued:
+            if not ok:
                 dropped.append(entry_id)
                 continue
             timeout = q.timeout if q.timeout is not None else self.config.timeout
@@ -252,10 +272,10 @@ class Dispatcher(Recovery):
     # --- outcomes ------------------------------------------------------------------------
 
     def complete(self, results: list[protocol.Result]) -> None:
-        """Record results from a worker. A result for a task this dispatcher does not hold
-        (sent before a restart or reconnect) still counts unless the task is already final."""
+        """Record results from a worker; the next sync stores them in the same round trip as
+        the next claim. A result for a task this dispatcher does not hold (sent before a
+        restart or reconnect) still counts unless the task is already final."""
         self.unstored.extend((self.in_flight.pop(r.task_id, None), r) for r in results)
-        self.store_pending()
 
     def fail(self, task_id: str, exc: Exception, error: str | None = None) -> None:
         flight = self.in_flight.pop(task_id, None)
@@ -264,7 +284,7 @@ class Dispatcher(Recovery):
         result = protocol.Result(task_id, TaskStatus.FAILED.value, serialization.dumps(exc),
                                  error or f"{type(exc).__name__}: {exc}", None, time.time())
         self.unstored.append((flight, result))
-        self.store_pending()
+        self.store_pending()  # failures are rare: record them at once
 
     def lose(self, task_ids: list[str], reason: str, retry: bool = True) -> None:
         """Tasks whose worker died, went silent or overran: re-queue while retries remain, else FAIL."""
@@ -296,12 +316,18 @@ class Dispatcher(Recovery):
     def store_pending(self) -> None:
         """Final states to Redis now (one pipeline), to the database at the next flush. The
         list is cleared only once Redis took it, so a Redis outage loses no result."""
-        if self.unstored:
-            self.store(self.unstored)
-            self.unstored = []
-
-    def store(self, finished: list[tuple[InFlight | None, protocol.Result]]) -> None:
+        if not self.unstored:
+            return
         pipe = self.redis.pipeline(transaction=False)
+        self.queue_store(pipe, self.unstored)
+        replies = pipe.execute(raise_on_error=False)
+        self.after_store(self.unstored, replies)
+        self.unstored = []
+
+    def queue_store(self, pipe, finished: list[tuple[InFlight | None, protocol.Result]]) -> None:
+        """Add the commands that record `finished` to `pipe`: one reply per result first."""
+        if not finished:
+            return
         stored_at = repr(time.time())
         for _flight, r in finished:
             mirror.finish(self.finish_script, pipe, r.task_id, r.status, r.result, r.error, self.config.result_ttl,
@@ -312,8 +338,12 @@ class Dispatcher(Recovery):
             pipe.xack(mirror.STREAM, mirror.GROUP, *entry_ids)
             pipe.xdel(mirror.STREAM, *entry_ids)
         pipe.hincrby(mirror.THROUGHPUT_KEY, str(int(time.time())), len(finished))
-        won = pipe.execute()[: len(finished)]
-        for (flight, r), first in zip(finished, won):
+
+    def after_store(self, finished: list[tuple[InFlight | None, protocol.Result]], replies: list) -> None:
+        """The winners (first final state for their task) go to the database and the dashboard."""
+        for (flight, r), first in zip(finished, replies[: len(finished)]):
+            if isinstance(first, Exception):
+                raise first
             if not first:
                 continue  # someone (a cancel) already gave this task its final state
             self.writes.finish(services.Outcome(

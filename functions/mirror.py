@@ -46,6 +46,35 @@ redis.call('PUBLISH', KEYS[2], ARGV[1])
 return 1
 """
 
+# KEYS[1]=stream; ARGV = group, consumer, count, dispatched_at, task key prefix.
+# Claims up to `count` entries and marks each task RUNNING unless it is already final (a
+# cancelled task): one round trip instead of a read and then a write per task. It touches
+# task hashes it cannot declare in KEYS, so it needs a single Redis (not Redis Cluster).
+_CLAIM = """
+local res = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3], 'STREAMS', KEYS[1], '>')
+if not res then return {} end
+local out = {}
+for i, entry in ipairs(res[1][2]) do
+  local fields = entry[2]
+  local task_id, attempt = nil, '1'
+  for j = 1, #fields, 2 do
+    if fields[j] == 'task_id' then task_id = fields[j + 1] end
+    if fields[j] == 'attempt' then attempt = fields[j + 1] end
+  end
+  local ok = 0
+  if task_id then
+    local key = ARGV[5] .. task_id
+    local s = redis.call('HGET', key, 'status')
+    if s ~= 'COMPLETED' and s ~= 'FAILED' then
+      redis.call('HSET', key, 'status', 'RUNNING', 'dispatched_at', ARGV[4], 'attempts', attempt)
+      ok = 1
+    end
+  end
+  out[i] = {entry[1], fields, ok}
+end
+return out
+"""
+
 # KEYS[1]=task hash; ARGV = field, value, ...  Only a QUEUED (or unknown) task may start.
 _START = """
 local s = redis.call('HGET', KEYS[1], 'status')
@@ -143,6 +172,22 @@ def read_task(r: redis.Redis, task_id) -> dict[str, bytes] | None:
 def register_scripts(r: redis.Redis):
     """The Lua scripts bound to a client: (start, finish)."""
     return r.register_script(_START), r.register_script(_FINISH)
+
+
+def claim_script(r: redis.Redis):
+    return r.register_script(_CLAIM)
+
+
+def claim(script, pipe, consumer: str, count: int, dispatched_at: float):
+    """Queue a claim of up to `count` entries into `pipe`; its reply is a list of
+    (entry id, flat field list, started 0/1)."""
+    return script(keys=[STREAM], args=[GROUP, consumer, count, repr(dispatched_at), TASK_KEY.format(task_id="")],
+                  client=pipe)
+
+
+def entry_fields(flat: list) -> dict:
+    """A claim reply's flat [k1, v1, k2, v2, ...] as the dict XREADGROUP gives."""
+    return dict(zip(flat[::2], flat[1::2]))
 
 
 def finish(script, pipe_or_client, task_id, status: str, result: bytes, error: str, ttl: int,

@@ -41,10 +41,12 @@ class FakeMode(Dispatcher):
         self.cancelled.append(task_id)
 
     def finish_all(self):
+        """Results arrive; the next sync stores them, as one loop iteration would."""
         results = [protocol.Result(t.task_id, "COMPLETED", serialization.dumps(t.task_id), "", time.time(),
                                    time.time()) for t in self.sent]
         self.sent = []
         self.complete(results)
+        self.sync(self.clock())
 
 
 class Clock:
