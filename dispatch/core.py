@@ -90,18 +90,31 @@ class Dispatcher(Recovery):
 
     def shutdown(self) -> None:
         """Fail what is still held (a cold stop), flush, and close everything."""
-        if self.in_flight:
-            self.lose(list(self.in_flight), "dispatcher stopped before the task finished", retry=True)
-        self.store_pending()
+        try:
+            if self.in_flight:
+                self.lose(list(self.in_flight), "dispatcher stopped before the task finished", retry=True)
+            self.store_pending()
+        except redis.RedisError as exc:
+            log.error("Redis is unavailable at shutdown (%s): %d result(s) could not be recorded; "
+                      "their tasks are reclaimed by the next dispatcher", exc, len(self.unstored))
         try:
             self.teardown()
         finally:
             self.flush(self.clock(), force=True)
+            self.leave_group()
+            log.info("%s dispatcher %s stopped", self.mode, self.config.consumer)
+
+    def leave_group(self) -> None:
+        try:
             self.redis.delete(mirror.dispatcher_key(self.config.consumer))
-            self.redis.xgroup_delconsumer(mirror.STREAM, mirror.GROUP, self.config.consumer)
+            if not self.redis.xpending_range(mirror.STREAM, mirror.GROUP, "-", "+", 1,
+                                             consumername=self.config.consumer):
+                self.redis.xgroup_delconsumer(mirror.STREAM, mirror.GROUP, self.config.consumer)
+        except redis.RedisError as exc:
+            log.warning("could not leave the consumer group: %s", exc)
+        finally:
             self.pubsub.close()
             self.redis.close()
-            log.info("%s dispatcher %s stopped", self.mode, self.config.consumer)
 
     def _install_signals(self) -> None:
         def handler(signum, frame):  # only set flags: the loop acts (logging here is unsafe)

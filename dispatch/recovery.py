@@ -25,6 +25,9 @@ class Recovery:
         log.warning("lost Redis (%s); retrying", error)
         backoff = 0.1
         while not self.stopped:
+            if self.stopping and not self.in_flight:  # draining with nothing held: just go
+                self.stopped = True
+                return
             try:
                 self.redis.ping()
                 break

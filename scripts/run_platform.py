@@ -7,6 +7,7 @@ FAAS_DISPATCHER_PORT (7001), FAAS_WORKER_PROCESSES (CPU count), FAAS_VAR_DIR (va
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import signal
@@ -26,6 +27,15 @@ VAR = Path(os.environ.get("FAAS_VAR_DIR", REPO / "var"))  # Redis data and the d
 CREDENTIALS = VAR / "dev-credentials.txt"
 
 
+def _stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies (Linux prctl; elsewhere a no-op)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class Platform:
     def __init__(self):
         self.redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -39,8 +49,10 @@ class Platform:
         self.stop_requested = False
 
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
-        """Each child leads its own process group, so stopping it reaches its children too."""
-        process = subprocess.Popen(argv, cwd=REPO, env=self.env, start_new_session=True, stdin=subprocess.DEVNULL)
+        """Each child leads its own process group, so stopping it reaches its children too,
+        and is told to stop if this launcher dies without cleaning up (SIGKILL)."""
+        process = subprocess.Popen(argv, cwd=REPO, env=self.env, start_new_session=True, stdin=subprocess.DEVNULL,
+                                   preexec_fn=_stop_with_parent)
         self.children.append((name, process))
         return process
 

@@ -70,7 +70,15 @@ def test_run_starts_everything_and_ctrl_c_stops_everything(redis_server, tmp_pat
         wait_until(lambda: not any(alive(p) for p in started), timeout=20,
                    message=f"left behind: {[p for p in started if alive(p)]}")
     finally:
-        if launcher.poll() is None:
-            os.killpg(launcher.pid, signal.SIGKILL)
-            launcher.wait(10)
+        if launcher.poll() is None:  # a failed test: stop it the way Ctrl-C would, then make sure
+            children = descendants(launcher.pid)
+            launcher.send_signal(signal.SIGINT)
+            try:
+                launcher.wait(30)
+            except subprocess.TimeoutExpired:
+                launcher.kill()
+                launcher.wait(10)
+            for pid in children:
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
         log.close()
