@@ -137,6 +137,8 @@ class Dispatcher(Recovery):
         now = self.clock()
         if ready:
             self.on_ready(ready, now)
+            if self.unstored:  # results first: before heartbeats, deadlines and the database flush
+                self.sync(now)
         self.tick(now)
         self.expire_deadlines(now)
         if now >= self.next_reclaim:
