@@ -151,6 +151,49 @@ def memory_section(results: dict, images: dict) -> str:
             + image(images.get("memory"), "memory"))
 
 
+def compare_section(results: dict) -> str:
+    cmp = results.get("compare") or {}
+    if not cmp:
+        return "## Compared with RQ and Celery\n\nNot measured (see the failed sections).\n"
+    ours_tp = {(r["mode"], r["style"], r["server"]): r for r in results.get("throughput", [])}
+    ours_lat = {r["mode"]: r for r in results.get("latency", [])}
+    rows = []
+    per, batch, lat = ours_tp.get(("push", "per-request", "gunicorn")), ours_tp.get(("push", "batch", "gunicorn")), \
+        ours_lat.get("push")
+    if per or batch or lat:
+        cpu = sum(v for k, v in per["cpu_s"].items() if k not in ("kernel_irq", "steal")) * 1000.0 / max(
+            1, per["completed"]) if per else None
+        ms = (lat or {}).get("round_trip_ms", {})
+        rows.append(["**this platform, push mode** (2 worker processes)",
+                     f"**{f(per['tasks_per_s'], 0)}**" if per else "–",
+                     f"**{f(batch['tasks_per_s'], 0)}**" if batch else "–",
+                     f(ms.get("p50"), 2), f(ms.get("p95"), 2), f(ms.get("p99"), 2), f(cpu, 2),
+                     f"{per['completed']}/{per['tasks']}" if per else "–", ""])
+    for s in cmp.get("systems", []):
+        tp, bt, lt = s.get("throughput") or {}, s.get("batch") or {}, s.get("latency") or {}
+        ms = lt.get("round_trip_ms", {})
+        errors = list(s.get("errors", [])) + [e for part in (tp, bt, lt) for e in part.get("errors", [])]
+        rows.append([s["system"], f(tp.get("tasks_per_s"), 0), f(bt.get("tasks_per_s"), 0) if bt else "n/a",
+                     f(ms.get("p50"), 2), f(ms.get("p95"), 2), f(ms.get("p99"), 2),
+                     f(tp.get("machine_cpu_ms_per_task"), 2), f"{tp['completed']}/{tp['tasks']}" if tp else "–",
+                     "; ".join(errors)])
+    header = ["system", "throughput, one call per task, tasks/s", "batched tasks/s", "latency p50 ms", "p95 ms",
+              "p99 ms", "machine CPU ms/task (one call per task)", "completed", "errors"]
+    setups = "\n".join(f"- **{s['system']}**: {s.get('setup', '?')}; batch: {s.get('batch_api', '?')}; "
+                       f"completion: {s.get('result_api', '?')}" for s in cmp.get("systems", []))
+    versions = ", ".join(f"{k} {v}" for k, v in cmp.get("versions", {}).items())
+    return (f"## Compared with RQ and Celery\n\nThe same workload on the same machine ({versions}): "
+            f"{cmp['tasks']} no-op tasks enqueued one call per task from {cmp['clients']} client threads, makespan "
+            f"from the first enqueue to the last result seen; the same {cmp['tasks']} with the library's native "
+            f"batch enqueue, {cmp['batch_size']} per call, from one client; {cmp['latency_round_trips']} sequential "
+            f"enqueue + wait-for-result round trips. Each competitor has its own fresh redis-server (broker and "
+            f"result store) and 2 worker processes, and runs after the platform is stopped. Each client thread "
+            f"waits for its own tasks through the library's result API after enqueueing them. Our row is push "
+            f"mode from this run's Throughput and Latency sections (HTTP through gunicorn, the SDK's long-poll). "
+            f"Machine CPU is every process on the machine, the client included, per completed task.\n\n"
+            + table(header, rows) + f"\n\n{setups}\n")
+
+
 def profile_section(results: dict) -> str:
     prof = results.get("profile")
     if not prof:
@@ -175,7 +218,7 @@ def write_report(results: dict, out: Path) -> Path:
     sections = [head, summary_section(results), errors_section(results), floor_section(results),
                 throughput_section(results, images), latency_section(results, images),
                 breakdown_section(results, images), scaling_section(results, images),
-                memory_section(results, images), profile_section(results)]
+                memory_section(results, images), compare_section(results), profile_section(results)]
     path = out / "report.md"
     path.write_text("\n".join(s for s in sections if s))
     return path

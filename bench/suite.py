@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import breakdown, floor, latency, memory, procstat, profiling, scaling, throughput
+from bench import breakdown, compare, floor, latency, memory, procstat, profiling, scaling, throughput
 from bench.config import TARGET_MODE, BenchConfig
 from bench.harness import BenchPlatform, dump
 from bench.load import CompletionWatcher
@@ -26,7 +26,7 @@ class Suite:
         self.config, self.out, self.profile, self.command = config, out, profile, command
         self.began = time.monotonic()
         self.results: dict = {"meta": {}, "floor": {}, "throughput": [], "latency": [], "breakdown": [],
-                              "scaling": [], "memory": {}, "errors": []}
+                              "scaling": [], "memory": {}, "compare": {}, "errors": []}
 
     def say(self, text: str) -> None:
         print(f"[bench {time.monotonic() - self.began:6.1f} s] {text}", file=sys.stderr, flush=True)
@@ -73,6 +73,9 @@ class Suite:
         finally:
             self.say("stopping the platform")
             harness.close()
+        # After the platform is stopped, so the competitors have the machine to themselves as it had.
+        self.say("compared with RQ and Celery")
+        self.results["compare"] = self.section("compare", compare.run, config, self.out, self.say) or {}
         self.results["meta"]["duration_s"] = time.monotonic() - self.began
         self.results["meta"]["load_after"] = procstat.load_average()
         return self.results
