@@ -249,12 +249,13 @@ class Dispatcher(Recovery):
                                                  else now + timeout + self.config.deadline_grace)
             function = payloads.get(q.function_id)
             if function is None:
-                self.fail(q.task_id, FunctionFailedException(f"function {q.function_id} no longer exists"))
+                self.fail([q.task_id], FunctionFailedException(f"function {q.function_id} no longer exists"))
                 continue
             tasks.append(protocol.Task(q.task_id, q.function_id, function, q.arguments, timeout))
         if dropped:
-            self.redis.pipeline(transaction=False).xack(mirror.STREAM, mirror.GROUP, *dropped).xdel(
-                mirror.STREAM, *dropped).execute()
+            pipe = self.redis.pipeline(transaction=False)
+            mirror.forget_entries(pipe, dropped)
+            pipe.execute()
         if tasks:
             self.hand_out(tasks, wall)
 
@@ -292,14 +293,16 @@ class Dispatcher(Recovery):
         restart or reconnect) still counts unless the task is already final."""
         self.unstored.extend((self.in_flight.pop(r.task_id, None), r) for r in results)
 
-    def fail(self, task_id: str, exc: Exception, error: str | None = None) -> None:
-        flight = self.in_flight.pop(task_id, None)
-        if flight is None:
-            return
-        result = protocol.Result(task_id, TaskStatus.FAILED.value, serialization.dumps(exc),
-                                 error or f"{type(exc).__name__}: {exc}", None, time.time())
-        self.unstored.append((flight, result))
-        self.store_pending()  # failures are rare: record them at once
+    def fail(self, task_ids: list[str], exc: Exception) -> None:
+        """FAIL held tasks with `exc`, recorded at once in one round trip (failures are rare,
+        but a dead worker may take many tasks with it)."""
+        result, error = serialization.dumps(exc), f"{type(exc).__name__}: {exc}"
+        for task_id in task_ids:
+            flight = self.in_flight.pop(task_id, None)
+            if flight is not None:
+                self.unstored.append((flight, protocol.Result(task_id, TaskStatus.FAILED.value, result, error,
+                                                              None, time.time())))
+        self.store_pending()
 
     def lose(self, task_ids: list[str], reason: str, retry: bool = True) -> None:
         """Tasks whose worker died, went silent or overran: re-queue while retries remain, else FAIL."""
@@ -308,8 +311,7 @@ class Dispatcher(Recovery):
         if again:
             self.requeue(again, count_attempt=True)
             log.warning("re-queued %d task(s): %s", len(again), reason)
-        for task_id in task_ids:
-            self.fail(task_id, WorkerFailureException(reason))
+        self.fail(task_ids, WorkerFailureException(reason))
 
     def requeue(self, task_ids: list[str], count_attempt: bool) -> None:
         """Put held tasks back on the stream (as new entries) for any dispatcher to take."""
@@ -323,8 +325,7 @@ class Dispatcher(Recovery):
             pipe.hset(mirror.task_key(q.task_id), mapping={"status": TaskStatus.QUEUED.value})
             pipe.xadd(mirror.STREAM, mirror.stream_fields(
                 mirror.QueuedTask(q.task_id, q.function_id, q.owner_id, q.arguments, q.timeout, attempt)))
-            pipe.xack(mirror.STREAM, mirror.GROUP, flight.entry_id)
-            pipe.xdel(mirror.STREAM, flight.entry_id)
+            mirror.forget_entries(pipe, [flight.entry_id])
         pipe.execute()
         self.backlog = True
 
@@ -348,10 +349,7 @@ class Dispatcher(Recovery):
             mirror.finish(self.finish_script, pipe, r.task_id, r.status, r.result, r.error, self.config.result_ttl,
                           started_at=repr(r.started_at or 0.0), finished_at=repr(r.finished_at or 0.0),
                           stored_at=stored_at)
-        entry_ids = [flight.entry_id for flight, _ in finished if flight is not None]
-        if entry_ids:
-            pipe.xack(mirror.STREAM, mirror.GROUP, *entry_ids)
-            pipe.xdel(mirror.STREAM, *entry_ids)
+        mirror.forget_entries(pipe, [flight.entry_id for flight, _ in finished if flight is not None])
         pipe.hincrby(mirror.THROUGHPUT_KEY, str(int(time.time())), len(finished))
 
     def after_store(self, finished: list[tuple[InFlight | None, protocol.Result]], replies: list) -> None:

@@ -83,19 +83,17 @@ class Recovery:
 
     def recover(self, entries: list) -> None:
         """Reclaimed entries: never started ones run now; ones that were running count as lost."""
-        statuses = [mirror.read_task(self.redis, mirror.parse_stream_fields(f).task_id) or {} for _, f in entries]
+        queued = [(entry, mirror.parse_stream_fields(entry[1])) for entry in entries]
+        pipe = self.redis.pipeline(transaction=False)
+        for _, q in queued:
+            pipe.hget(mirror.task_key(q.task_id), "status")
         fresh, lost = [], []
-        for entry, data in zip(entries, statuses):
-            status = data.get("status", b"QUEUED").decode()
-            if status == TaskStatus.QUEUED.value:
-                fresh.append(entry)
-            elif status == TaskStatus.RUNNING.value:
-                q = mirror.parse_stream_fields(entry[1])
+        for (entry, q), status in zip(queued, pipe.execute()):
+            if status == TaskStatus.RUNNING.value.encode():
                 self.in_flight[q.task_id] = InFlight(q, entry[0])
                 lost.append(q.task_id)
-            else:  # already final: just forget the entry
-                pipe = self.redis.pipeline()
-                pipe.xack(mirror.STREAM, mirror.GROUP, entry[0]).xdel(mirror.STREAM, entry[0]).execute()
+            else:  # queued, or already final: start() runs the first and forgets the second
+                fresh.append(entry)
         if lost:
             self.lose(lost, "dispatcher died while the task was running")
         if fresh:

@@ -164,6 +164,14 @@ def worker_key(identity: str) -> str:
     return WORKER_KEY.format(identity=identity)
 
 
+def forget_entries(pipe, entry_ids: list) -> None:
+    """Acknowledge and delete stream entries whose tasks are settled (finished, re-queued
+    as a new entry, or never to run), so the stream holds only live work."""
+    if entry_ids:
+        pipe.xack(STREAM, GROUP, *entry_ids)
+        pipe.xdel(STREAM, *entry_ids)
+
+
 def read_task(r: redis.Redis, task_id) -> dict[str, bytes] | None:
     data = r.hgetall(task_key(task_id))
     return {k.decode(): v for k, v in data.items()} or None

@@ -96,7 +96,6 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
     Redis goes first so the SQLite write lock is held only for the insert itself, never
     across a network round trip. If the insert fails, the tasks are failed in Redis before
     the error reaches the client, so nothing unacknowledged ever runs to completion."""
-    timeout = timeout if timeout is not None else settings.FAAS_TASK_TIMEOUT
     tasks = [Task(owner=_owner(owner), function=function, payload=p, payload_size=len(p),
                   timeout=timeout, retry_of=retry_of) for p in payloads]
     queued = [mirror.QueuedTask(str(t.id), str(function.id), owner_key(owner), p, timeout)
@@ -312,7 +311,6 @@ def workers_update(states: dict[int, dict], done: dict[int, int] | None = None) 
             fields["tasks_done"] = F("tasks_done") + done[worker_id]
         if "last_heartbeat" in fields and isinstance(fields["last_heartbeat"], float):
             fields["last_heartbeat"] = datetime.datetime.fromtimestamp(fields["last_heartbeat"], tz=datetime.UTC)
-        fields.pop("hostname", None)
         Worker.objects.filter(pk=worker_id).update(**fields)
 
 

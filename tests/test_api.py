@@ -232,3 +232,31 @@ def test_cancel_queued_only_refuses_a_started_task(alice, redis_client):
     assert Task.objects.get(id=queued).status == "FAILED"
     assert alice.post(f"/cancel/{queued}").status_code == 409  # already finished
     assert alice.post(f"/cancel/{started}").status_code == 200  # a running task can be stopped
+
+
+def test_database_failure_on_submit_is_503_and_the_queued_task_never_completes(alice, redis_client, monkeypatch):
+    from django.db import OperationalError
+
+    function_id = register(alice)
+
+    def locked(*args, **kwargs):
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(Task.objects, "bulk_create", locked)
+    response = execute(alice, function_id, 1, 2)
+    assert response.status_code == 503 and "Retry" in response.json()["detail"]
+    [(_entry, fields)] = redis_client.xrange(mirror.STREAM)
+    task_key = mirror.task_key(fields[b"task_id"].decode())
+    assert redis_client.hget(task_key, "status") == b"FAILED"
+    assert b"could not be recorded" in redis_client.hget(task_key, "error")
+
+
+@pytest.mark.django_db(transaction=True)  # the foreign key is checked at a real commit
+def test_function_deleted_after_use_is_404_not_500(alice):
+    from functions.models import Function
+
+    function_id = register(alice)
+    assert execute(alice, function_id, 1, 2).status_code == 201  # its owner is now remembered
+    Function.objects.filter(id=function_id).delete()
+    response = execute(alice, function_id, 1, 2)
+    assert response.status_code == 404 and "detail" in response.json()

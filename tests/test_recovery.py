@@ -56,8 +56,9 @@ def test_work_spreads_over_two_workers(stack, mode):
     assert len(per_worker) == 2
 
 
-def test_push_worker_killed_mid_task_fails_with_missed_heartbeat_and_a_new_worker_serves(stack):
-    platform = start_platform(stack, "push", 2, "--heartbeat-interval", "0.5", "--heartbeat-liveness", "3")
+@pytest.mark.parametrize("mode", ["pull", "push"])
+def test_worker_killed_mid_task_fails_with_missed_heartbeat_and_a_new_worker_serves(stack, mode):
+    platform = start_platform(stack, mode, 2, "--heartbeat-interval", "0.5", "--heartbeat-liveness", "3")
     function_id = platform.api.register(ff.sleep_then)
     task_id = platform.api.submit(function_id, 60, "never")
     wait_until(lambda: platform.api.status(task_id) == "RUNNING", timeout=15)
@@ -67,6 +68,19 @@ def test_push_worker_killed_mid_task_fails_with_missed_heartbeat_and_a_new_worke
     wait_until(lambda: not Worker.objects.get(pid=platform.workers[0].pid).alive, timeout=10)
     platform.add_worker(2)
     assert platform.api.value(platform.api.submit(function_id, 0, "served")) == "served"
+
+
+def test_pull_worker_killed_holding_a_task_fails_it_at_the_deadline(stack):
+    """With heartbeats too slow to notice, the per-task deadline (-t) still fails the task."""
+    platform = start_platform(stack, "pull", 1, "-t", "2", "--heartbeat-interval", "30")
+    function_id = platform.api.register(ff.sleep_then)
+    task_id = platform.api.submit(function_id, 60, "never")
+    wait_until(lambda: platform.api.status(task_id) == "RUNNING", timeout=15)
+    platform.workers[0].signal(signal.SIGKILL)
+    started = time.monotonic()
+    failure = platform.api.failure(task_id, wait=20)
+    assert isinstance(failure, WorkerFailureException) and "timed out after 2 s" in str(failure)
+    assert time.monotonic() - started < 2 + 4.0
 
 
 def test_push_worker_reregisters_after_dispatcher_restart(stack):
