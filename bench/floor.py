@@ -8,11 +8,11 @@ import multiprocessing
 import time
 
 import redis
-import requests
 import zmq
 
 from bench import stats
 from bench.httpclient import Connection
+from functions.transport import Transport
 from scripts.redis_server import free_port
 
 WARMUP = 20  # round trips before timing starts
@@ -89,10 +89,12 @@ def http_empty(url: str, path: str, samples: int) -> dict:
 
 
 def http_empty_sdk(url: str, path: str, samples: int) -> dict:
-    """The same request through a requests.Session, the HTTP client the SDK uses."""
-    with requests.Session() as session:
-        session.headers["Accept"] = "application/json"
-        return timed(lambda: session.get(url + path, timeout=10), samples)
+    """The same request through the SDK's own HTTP layer (functions.transport)."""
+    transport = Transport(url, {}, connections=1)
+    try:
+        return timed(lambda: transport.request("GET", path, timeout=10), samples)
+    finally:
+        transport.close()
 
 
 def measure(redis_url: str, urls: dict[str, str], samples: int) -> dict:

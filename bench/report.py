@@ -13,7 +13,7 @@ FLOOR_LABELS = {
     "redis_ping_ms": "Redis PING (redis-py, one connection)",
     "zmq_reqrep_ms": "ZeroMQ REQ/REP, 64 bytes, between two processes",
     "gunicorn_status_404_ms": "gunicorn: GET /status/<malformed> → 404 (DRF view), lean client",
-    "gunicorn_status_404_sdk_ms": "gunicorn: GET /status/<malformed> → 404, requests.Session (the SDK's client)",
+    "gunicorn_status_404_sdk_ms": "gunicorn: GET /status/<malformed> → 404, the SDK's HTTP layer (urllib3)",
     "gunicorn_django_404_ms": "gunicorn: GET /no-such-path → 404 (Django only, no DRF), lean client",
     "daphne_status_404_ms": "daphne: GET /status/<malformed> → 404 (DRF view), lean client",
     "daphne_django_404_ms": "daphne: GET /no-such-path → 404 (Django only), lean client",

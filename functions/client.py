@@ -1,6 +1,6 @@
 """The Python client (SDK): register functions, submit calls, wait for results, cancel.
 
-Needs only requests, dill and the Django-free `workers` package, so it imports on any
+Needs only urllib3, dill and the Django-free `workers` package, so it imports on any
 machine without Django or settings. `FaaSExecutor` (a `concurrent.futures.Executor` over
 this client) lives in functions.executor and is re-exported here.
 """
@@ -12,26 +12,21 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 
 import dill
-import requests
-from requests.adapters import HTTPAdapter
 
 from functions.shipping import Shipper
+from functions.transport import ClientError, Transport, TransportError
 from workers.exceptions import FunctionFailedException, WorkerFailureException
 from workers.protocol import TaskStatus
 from workers.serialization import decode, encode
 
 __all__ = ["APIError", "ClientError", "FaaSClient", "FaaSExecutor", "FunctionFailedException",
-           "TaskFuture", "WorkerFailureException"]
+           "TaskFuture", "TransportError", "WorkerFailureException"]
 
 MAX_WAIT = 60.0  # the server's cap on one /result?wait= long-poll, in seconds
 FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 BATCH_CALLS = 1000  # calls per /execute_batch request (the server takes up to 10,000)
 BATCH_BYTES = 8 * 1024 * 1024  # base64 text per /execute_batch request, well under the body cap
 CONNECTIONS = 32  # keep-alive connections per client: the executor's waiters share them
-
-
-class ClientError(Exception):
-    """Raised for a problem in talking to the platform, as opposed to a failure of the function."""
 
 
 class APIError(ClientError):
@@ -54,20 +49,16 @@ class FaaSClient:
     """One platform, one user: `base_url` of the web server and a DRF token (default:
     the FAAS_TOKEN environment variable; none for a server that allows anonymous use).
     `timeout` bounds every HTTP request; waits for results add their own time on top.
-    Thread-safe: one keep-alive session is shared by every thread."""
+    Thread-safe: one pool of keep-alive connections is shared by every thread."""
 
     def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 30.0,
                  shipper: Shipper | None = None):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.shipper = shipper or Shipper()
-        self.session = requests.Session()
-        self.session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=CONNECTIONS))
-        self.session.mount("https://", HTTPAdapter(pool_connections=1, pool_maxsize=CONNECTIONS))
-        self.session.headers["Accept"] = "application/json"
         token = token if token is not None else os.environ.get("FAAS_TOKEN")
-        if token:
-            self.session.headers["Authorization"] = f"Token {token}"
+        self.transport = Transport(self.base_url, {"Authorization": f"Token {token}"} if token else {},
+                                   connections=CONNECTIONS)
 
     # --- functions and tasks --------------------------------------------------------------
 
@@ -193,15 +184,16 @@ class FaaSClient:
 
     # --- HTTP -----------------------------------------------------------------------------
 
-    def _call(self, method: str, path: str, *, timeout: float | None = None, **kwargs) -> dict:
-        url = self.base_url + path
-        response = self.session.request(method, url, timeout=timeout or self.timeout, **kwargs)
-        if response.status_code >= 400:
-            raise APIError(response.status_code, _detail(response), method, url)
-        return response.json()
+    def _call(self, method: str, path: str, *, timeout: float | None = None, params: dict | None = None,
+              json: dict | None = None) -> dict:
+        status, body, text = self.transport.request(method, path, params=params, json_body=json,
+                                                    timeout=timeout or self.timeout)
+        if status >= 400 or not isinstance(body, dict):
+            raise APIError(status, body if body is not None else text, method, self.base_url + path)
+        return body
 
     def close(self) -> None:
-        self.session.close()
+        self.transport.close()
 
     def __enter__(self) -> FaaSClient:
         return self
@@ -211,13 +203,6 @@ class FaaSClient:
 
     def __repr__(self) -> str:
         return f"FaaSClient({self.base_url!r})"
-
-
-def _detail(response: requests.Response):
-    try:
-        return response.json()
-    except ValueError:
-        return response.text[:500] or response.reason
 
 
 def _name_of(fn) -> str:

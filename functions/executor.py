@@ -19,8 +19,8 @@ from concurrent.futures import Executor, Future, InvalidStateError
 from typing import TYPE_CHECKING
 
 import dill
-import requests
 
+from functions.transport import TransportError
 from workers.protocol import TaskStatus
 
 if TYPE_CHECKING:
@@ -254,7 +254,7 @@ class FaaSExecutor(Executor):
 
 def _transient(exc: Exception) -> bool:
     """Network trouble, or a server that is busy or restarting: worth asking again."""
-    if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+    if isinstance(exc, TransportError):
         return True
     return getattr(exc, "status_code", None) in (429, 502, 503, 504)
 
