@@ -47,11 +47,13 @@ def latency(rows: list[dict], out: Path) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in rows:
         samples = sorted(r["samples_ms"])
-        ax.plot(samples, [(i + 1) / len(samples) for i in range(len(samples))], label=r["mode"],
-                color=COLORS.get(r["mode"]))
+        call = r.get("style") == "call"
+        ax.plot(samples, [(i + 1) / len(samples) for i in range(len(samples))],
+                label=f"{r['mode']}, call" if call else r["mode"], color=COLORS.get(r["mode"]),
+                linestyle="--" if call else "-")
     ax.axvline(5.0, color="red", linestyle="--", linewidth=1, label="target p50 (5 ms)")
     ax.set_xscale("log")
-    ax.set_xlabel("round trip, ms (submit + long-poll result)")
+    ax.set_xlabel("round trip, ms (solid: submit + long-poll result; dashed: one-request call)")
     ax.set_ylabel("fraction of round trips")
     ax.set_title("Sequential no-op round trips (CDF)")
     ax.legend()

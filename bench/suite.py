@@ -96,11 +96,14 @@ class Suite:
                 self.say(f"throughput {mode} per-request through daphne")
                 figures, *_ = throughput.run(harness, setup, watcher, config, throughput.PER_REQUEST, server="daphne")
                 self.results["throughput"].append(figures)
-            self.say(f"latency {mode}: {config.latency_round_trips} round trips")
-            figures, rows, sent, seen = latency.run(harness, setup, config.latency_round_trips, config.run_timeout)
-            self.results["latency"].append(figures)
-            self.results["breakdown"].append({"mode": mode, "run": "sequential round trips",
-                                                 "stages": breakdown.breakdown(rows, sent, seen)})
+            for style, run in ((latency.SUBMIT_THEN_RESULT, "sequential round trips"),
+                               (latency.CALL, "sequential calls, one request each")):
+                self.say(f"latency {mode} ({style}): {config.latency_round_trips} round trips")
+                figures, rows, sent, seen = latency.run(harness, setup, config.latency_round_trips,
+                                                        config.run_timeout, style=style)
+                self.results["latency"].append(figures)
+                self.results["breakdown"].append({"mode": mode, "run": run,
+                                                  "stages": breakdown.breakdown(rows, sent, seen)})
 
     def scaling_point(self, harness: BenchPlatform, watcher: CompletionWatcher, mode: str, processes: int) -> None:
         with harness.setup(mode, processes) as setup:

@@ -73,10 +73,8 @@ class Dispatcher(Recovery):
             self.shutdown()
 
     def initialize(self) -> None:
-        self.redis = redis.Redis.from_url(self.config.redis_url, socket_keepalive=True)
+        self.redis = mirror.connect(self.config.redis_url)
         mirror.ensure_group(self.redis)
-        self.start_script, self.finish_script = mirror.register_scripts(self.redis)
-        self.claim_script = mirror.claim_script(self.redis)
         self.subscribe()
         self.refresh_liveness()
         self.setup()
@@ -206,9 +204,9 @@ class Dispatcher(Recovery):
         pipe = self.redis.pipeline(transaction=False)
         self.queue_store(pipe, finished)
         wall = time.time()
-        mirror.claim(self.claim_script, pipe, self.config.consumer, free, wall)
+        mirror.claim(pipe, self.config.consumer, free, wall)
         try:
-            replies = pipe.execute(raise_on_error=False)
+            replies = mirror.execute(pipe)
         except (redis.ConnectionError, redis.TimeoutError):
             self.unstored = finished + self.unstored  # nothing is lost: retried once Redis is back
             raise
@@ -230,8 +228,8 @@ class Dispatcher(Recovery):
         wall = time.time()
         for _, fields in entries:
             q = mirror.parse_stream_fields(fields)
-            mirror.start(self.start_script, pipe, q.task_id, dispatched_at=repr(wall), attempts=q.attempt)
-        started = pipe.execute()
+            mirror.start(pipe, q.task_id, dispatched_at=repr(wall), attempts=q.attempt)
+        started = mirror.execute(pipe, raise_on_error=True)
         self.admit([(entry_id, fields, ok) for (entry_id, fields), ok in zip(entries, started)], now, wall)
 
     def admit(self, claimed: list, now: float, wall: float) -> None:
@@ -336,7 +334,7 @@ class Dispatcher(Recovery):
             return
         pipe = self.redis.pipeline(transaction=False)
         self.queue_store(pipe, self.unstored)
-        replies = pipe.execute(raise_on_error=False)
+        replies = mirror.execute(pipe)
         self.after_store(self.unstored, replies)
         self.unstored = []
 
@@ -346,7 +344,7 @@ class Dispatcher(Recovery):
             return
         stored_at = repr(time.time())
         for _flight, r in finished:
-            mirror.finish(self.finish_script, pipe, r.task_id, r.status, r.result, r.error, self.config.result_ttl,
+            mirror.finish(pipe, r.task_id, r.status, r.result, r.error, self.config.result_ttl,
                           started_at=repr(r.started_at or 0.0), finished_at=repr(r.finished_at or 0.0),
                           stored_at=stored_at)
         mirror.forget_entries(pipe, [flight.entry_id for flight, _ in finished if flight is not None])

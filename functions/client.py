@@ -88,6 +88,20 @@ class FaaSClient:
             body["timeout"] = timeout
         return self._call("POST", "/execute_function", json=body)["task_id"]
 
+    def call(self, function_id: str, /, *args, **kwargs):
+        """Run `fn(*args, **kwargs)` and return its value (or raise its exception), in one
+        request the server holds until the task finishes."""
+        return self.outcome(self.submit_and_wait(function_id, args, kwargs))
+
+    def submit_and_wait(self, function_id: str, args: Iterable = (), kwargs: dict | None = None) -> dict:
+        """Queue a call and return its final /result body (never raising the task's error):
+        one POST /execute_function?wait= that the server holds up to a minute, then, for a
+        longer task, `wait` on its id."""
+        body = {"function_id": function_id, "payload": self.encode_call(args, kwargs or {})}
+        answer = self._call("POST", "/execute_function", json=body, params={"wait": f"{MAX_WAIT:g}"},
+                            timeout=self.timeout + MAX_WAIT)
+        return answer if answer.get("status") in FINAL else self.wait(answer["task_id"])
+
     def submit_batch(self, function_id: str, calls: Iterable[tuple[Iterable, dict]], /, *,
                      timeout: float | None = None) -> list[str]:
         """Queue many calls of one function, each `(args, kwargs)`; returns the task ids in

@@ -9,6 +9,7 @@ scripts so each task reaches exactly one final state, whoever writes it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -83,11 +84,75 @@ redis.call('HSET', KEYS[1], 'status', 'RUNNING', unpack(ARGV))
 return 1
 """
 
+# KEYS[1]=stream, KEYS[2..]=task hashes; ARGV = wake channel, received_at, queued_at, then
+# per task the stream fields (task_id, function_id, owner, arguments, timeout, attempt).
+# Each task's hash and stream entry, and one wake-up for them all: atomic, one command.
+_ENQUEUE = """
+local per = 6
+for i = 2, #KEYS do
+  local a = 3 + (i - 2) * per
+  redis.call('HSET', KEYS[i], 'status', 'QUEUED', 'owner', ARGV[a + 3], 'function_id', ARGV[a + 2],
+             'received_at', ARGV[2], 'queued_at', ARGV[3], 'attempts', ARGV[a + 6] - 1)
+  redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[a + 1], 'function_id', ARGV[a + 2], 'owner', ARGV[a + 3],
+             'arguments', ARGV[a + 4], 'timeout', ARGV[a + 5], 'attempt', ARGV[a + 6])
+end
+redis.call('PUBLISH', ARGV[1], #KEYS - 1)
+return #KEYS - 1
+"""
+
 
 @functools.lru_cache(maxsize=8)
 def client(url: str) -> redis.Redis:
     """One connection pool per process and URL, made on first use (never at import)."""
-    return redis.Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
+    return connect(url, health_check_interval=30)
+
+
+def connect(url: str, **options) -> redis.Redis:
+    """A client whose every new connection loads the platform's Lua scripts first. Pipelines
+    then call them by hash: redis-py would otherwise ask SCRIPT EXISTS before every
+    pipeline that holds a script, a second round trip each time."""
+    return redis.Redis.from_url(url, socket_keepalive=True, redis_connect_func=_load_scripts, **options)
+
+
+def _load_scripts(connection) -> None:
+    connection.on_connect_check_health(check_health=False)
+    for source in _SCRIPTS.values():
+        connection.send_command("SCRIPT", "LOAD", source, check_health=False)
+    for _ in _SCRIPTS:
+        connection.read_response()
+
+
+class ScriptsMissing(redis.ConnectionError):
+    """Redis answered NOSCRIPT: its script cache was flushed under a live connection. Taken
+    as an outage (callers retry, the web answers 503); the connections are dropped, so the
+    next ones load the scripts again."""
+
+
+def run_script(pipe_or_client, name: str, keys: list, args: list):
+    """EVALSHA one of the platform's scripts. Into a pipeline of a `connect()` client it goes
+    by hash alone; a direct call loads the script on NOSCRIPT and retries."""
+    sha = _SHAS[name]
+    if isinstance(pipe_or_client, redis.client.Pipeline):
+        if pipe_or_client.connection_pool.connection_kwargs.get("redis_connect_func") is not _load_scripts:
+            pipe_or_client.scripts.add(pipe_or_client.register_script(_SCRIPTS[name]))  # redis-py checks first
+        return pipe_or_client.evalsha(sha, len(keys), *keys, *args)
+    try:
+        return pipe_or_client.evalsha(sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        pipe_or_client.script_load(_SCRIPTS[name])
+        return pipe_or_client.evalsha(sha, len(keys), *keys, *args)
+
+
+def execute(pipe, raise_on_error: bool = False) -> list:
+    """Run a pipeline holding platform scripts. A missing script raises ScriptsMissing
+    (after dropping the pool's connections); other errors are raised, or returned in place."""
+    replies = pipe.execute(raise_on_error=False)
+    if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+        pipe.connection_pool.disconnect()
+        raise ScriptsMissing("Redis has lost the platform's Lua scripts (SCRIPT FLUSH?); reconnecting")
+    if raise_on_error and (error := next((r for r in replies if isinstance(r, Exception)), None)):
+        raise error
+    return replies
 
 
 def ensure_group(r: redis.Redis) -> None:
@@ -127,18 +192,17 @@ def put_function(pipe, function_id, owner_id, payload: bytes) -> None:
     pipe.hset(function_key(function_id), mapping={"payload": payload, "owner": owner_id or ""})
 
 
-def enqueue(pipe, tasks: list[QueuedTask], received_at: float | None = None) -> None:
-    """Write each task's hash and stream entry into `pipe` (the caller executes it).
-    `received_at` is when the request arrived; with queued_at it shows the web's share of latency."""
+def enqueue(pipe_or_client, tasks: list[QueuedTask], received_at: float | None = None):
+    """Queue tasks: each one's hash and stream entry, then one wake-up, in one atomic script
+    call. `received_at` is when the request arrived; with queued_at it shows the web's share
+    of latency."""
+    if not tasks:
+        return None
     now = time.time()
+    args = [WAKE_CHANNEL, repr(received_at or now), repr(now)]
     for t in tasks:
-        pipe.hset(task_key(t.task_id), mapping={
-            "status": TaskStatus.QUEUED.value, "owner": t.owner_id, "function_id": t.function_id,
-            "received_at": repr(received_at or now), "queued_at": repr(now), "attempts": t.attempt - 1,
-        })
-        pipe.xadd(STREAM, stream_fields(t))
-    if tasks:
-        pipe.publish(WAKE_CHANNEL, len(tasks))
+        args += stream_fields(t).values()
+    return run_script(pipe_or_client, "enqueue", [STREAM, *(task_key(t.task_id) for t in tasks)], args)
 
 
 def stream_fields(t: QueuedTask) -> dict:
@@ -177,20 +241,11 @@ def read_task(r: redis.Redis, task_id) -> dict[str, bytes] | None:
     return {k.decode(): v for k, v in data.items()} or None
 
 
-def register_scripts(r: redis.Redis):
-    """The Lua scripts bound to a client: (start, finish)."""
-    return r.register_script(_START), r.register_script(_FINISH)
-
-
-def claim_script(r: redis.Redis):
-    return r.register_script(_CLAIM)
-
-
-def claim(script, pipe, consumer: str, count: int, dispatched_at: float):
+def claim(pipe, consumer: str, count: int, dispatched_at: float):
     """Queue a claim of up to `count` entries into `pipe`; its reply is a list of
     (entry id, flat field list, started 0/1)."""
-    return script(keys=[STREAM], args=[GROUP, consumer, count, repr(dispatched_at), TASK_KEY.format(task_id="")],
-                  client=pipe)
+    args = [GROUP, consumer, count, repr(dispatched_at), TASK_KEY.format(task_id="")]
+    return run_script(pipe, "claim", [STREAM], args)
 
 
 def entry_fields(flat: list) -> dict:
@@ -198,21 +253,21 @@ def entry_fields(flat: list) -> dict:
     return dict(zip(flat[::2], flat[1::2]))
 
 
-def finish(script, pipe_or_client, task_id, status: str, result: bytes, error: str, ttl: int,
+def finish(pipe_or_client, task_id, status: str, result: bytes, error: str, ttl: int,
            only_if: str = "", **extra):
     """Set a final state unless the task already has one (or, with `only_if`, unless its
     status is something else); publishes on the done channel."""
     args = [status, result, error, ttl, only_if]
     for k, v in extra.items():
         args += [k, v]
-    return script(keys=[task_key(task_id), done_channel(task_id)], args=args, client=pipe_or_client)
+    return run_script(pipe_or_client, "finish", [task_key(task_id), done_channel(task_id)], args)
 
 
-def start(script, pipe_or_client, task_id, **fields):
+def start(pipe_or_client, task_id, **fields):
     args = []
     for k, v in fields.items():
         args += [k, v]
-    return script(keys=[task_key(task_id)], args=args or ["dispatched_at", repr(time.time())], client=pipe_or_client)
+    return run_script(pipe_or_client, "start", [task_key(task_id)], args or ["dispatched_at", repr(time.time())])
 
 
 def send_control(r: redis.Redis, command: str, **fields) -> int:
@@ -306,7 +361,6 @@ def purge_queued(r: redis.Redis, result: bytes, error: str, ttl: int, finished_a
     purge of 100,000 entries never blocks Redis for long. A dispatcher that claimed an entry
     in the meantime finds its task final and drops it (the start script refuses final tasks).
     """
-    script = r.register_script(_PURGE)
     last = r.xrevrange(STREAM, count=1)
     if not last:
         return []
@@ -319,8 +373,12 @@ def purge_queued(r: redis.Redis, result: bytes, error: str, ttl: int, finished_a
         args = [result, error, ttl, repr(finished_at)]
         for (entry_id, _), task_id in zip(batch, ids):
             args += [entry_id, done_channel(task_id)]
-        hits = script(keys=[STREAM, *(task_key(t) for t in ids)], args=args)
+        hits = run_script(r, "purge", [STREAM, *(task_key(t) for t in ids)], args)
         purged += [ids[i - 1] for i in hits]
         if len(batch) < PURGE_BATCH:
             return purged
         start = b"(" + batch[-1][0]
+
+
+_SCRIPTS = {"enqueue": _ENQUEUE, "start": _START, "finish": _FINISH, "claim": _CLAIM, "purge": _PURGE}
+_SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in _SCRIPTS.items()}

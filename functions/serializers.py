@@ -76,3 +76,10 @@ class StatusSerializer(serializers.Serializer):
 class ResultSerializer(StatusSerializer):
     result = serializers.CharField(allow_null=True, help_text="serialize(value) or serialize(exception); null before")
     error = serializers.CharField(required=False, help_text="plain-text reason, when FAILED")
+
+
+class ExecutedSerializer(TaskIdSerializer):
+    status = serializers.ChoiceField(choices=["QUEUED", "RUNNING", "COMPLETED", "FAILED"], required=False,
+                                     help_text="with ?wait= only")
+    result = serializers.CharField(allow_null=True, required=False, help_text="with ?wait= only, as in /result")
+    error = serializers.CharField(required=False, help_text="with ?wait=, when FAILED")

@@ -91,7 +91,7 @@ def function_get(*, owner, function_id) -> Function:
 
 def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeout: float | None = None,
                       retry_of: Task | None = None, received_at: float | None = None) -> list[Task]:
-    """Queue many calls of one function: one Redis transaction, then one database insert.
+    """Queue many calls of one function: one Redis script call, then one database insert.
 
     Redis goes first so the SQLite write lock is held only for the insert itself, never
     across a network round trip. If the insert fails, the tasks are failed in Redis before
@@ -101,9 +101,7 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
     queued = [mirror.QueuedTask(str(t.id), str(function.id), owner_key(owner), p, timeout)
               for t, p in zip(tasks, payloads)]
     r = redis_client()
-    pipe = r.pipeline(transaction=True)
-    mirror.enqueue(pipe, queued, received_at)
-    pipe.execute()
+    mirror.enqueue(r, queued, received_at)
     try:
         with transaction.atomic():
             Task.objects.bulk_create(tasks)
@@ -118,13 +116,12 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
 
 def _abandon(r, task_ids: list[str]) -> None:
     """Fail tasks whose database row could not be written (their submit answered an error)."""
-    _start, finish_script = mirror.register_scripts(r)
     result = serialization.dumps(WorkerFailureException("the task could not be recorded"))
     pipe = r.pipeline(transaction=False)
     for task_id in task_ids:
-        mirror.finish(finish_script, pipe, task_id, TaskStatus.FAILED.value, result,
+        mirror.finish(pipe, task_id, TaskStatus.FAILED.value, result,
                       "WorkerFailureException: the task could not be recorded", settings.FAAS_RESULT_TTL)
-    pipe.execute()
+    mirror.execute(pipe, raise_on_error=True)
 
 
 def task_submit(*, owner, function: Function, payload: bytes, timeout: float | None = None,
@@ -166,10 +163,9 @@ def task_cancel(*, task: Task, reason: str = "cancelled", queued_only: bool = Fa
     """Fail a task as cancelled: a QUEUED one never runs, a RUNNING one has its process
     stopped (unless `queued_only`). Redis decides, atomically, whether it was still unfinished."""
     r = redis_client()
-    _start, finish_script = mirror.register_scripts(r)
     result = serialization.dumps(WorkerFailureException(reason))
     error = f"WorkerFailureException: {reason}"
-    changed = mirror.finish(finish_script, r, task.id, TaskStatus.FAILED.value, result, error, settings.FAAS_RESULT_TTL,
+    changed = mirror.finish(r, task.id, TaskStatus.FAILED.value, result, error, settings.FAAS_RESULT_TTL,
                             only_if=TaskStatus.QUEUED.value if queued_only else "", finished_at=repr(time.time()))
     if not changed:
         raise NotCancellable(f"Task {task.id} has already {'started' if queued_only else 'finished'}.")

@@ -2,6 +2,7 @@
 
 import time
 
+import redis
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.exceptions import ValidationError
@@ -35,18 +36,45 @@ class RegisterFunctionView(APIView):
         return Response({"function_id": str(function.id)}, status=status.HTTP_201_CREATED)
 
 
-class ExecuteFunctionView(APIView):
-    """Queue one call: `payload` is base64 of `dill.dumps(((args...), {kwargs}))`."""
+WAIT_PARAMETER = OpenApiParameter("wait", float, description="seconds to wait for a final state (0 to 60)")
 
-    @extend_schema(request=s.ExecuteFunctionSerializer, responses={201: s.TaskIdSerializer})
+
+def wait_seconds(request) -> float:
+    """The `?wait=` of a long-poll: 0 when absent, 400 unless between 0 and 60 seconds."""
+    raw = request.query_params.get("wait")
+    if raw in (None, ""):
+        return 0.0
+    try:
+        wait = float(raw)
+    except ValueError:
+        raise ValidationError({"wait": f"{raw!r} is not a number of seconds."}) from None
+    if not 0 <= wait <= MAX_WAIT_SECONDS:
+        raise ValidationError({"wait": f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds."})
+    return wait
+
+
+class ExecuteFunctionView(APIView):
+    """Queue one call: `payload` is base64 of `dill.dumps(((args...), {kwargs}))`. With
+    `?wait=<seconds>` the answer also carries the result, as soon as the task finishes
+    (a synchronous call in one request; still QUEUED or RUNNING when `wait` runs out)."""
+
+    @extend_schema(request=s.ExecuteFunctionSerializer, responses={201: s.ExecutedSerializer},
+                   parameters=[WAIT_PARAMETER])
     def post(self, request):
         received_at = time.time()
+        wait = wait_seconds(request)
         data = s.ExecuteFunctionSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         function = services.function_get(owner=request.user, function_id=data.validated_data["function_id"])
         task = services.task_submit(owner=request.user, function=function, payload=data.validated_data["payload"],
                                     timeout=data.validated_data.get("timeout"), received_at=received_at)
-        return Response({"task_id": str(task.id)}, status=status.HTTP_201_CREATED)
+        queued = {"task_id": str(task.id)}
+        if wait:
+            try:
+                queued = task_body(services.task_wait(owner=request.user, task_id=task.id, timeout=wait), True)
+            except redis.RedisError:  # the task is queued: its id must reach the client, not a 503
+                pass
+        return Response(queued, status=status.HTTP_201_CREATED)
 
 
 class ExecuteBatchView(APIView):
@@ -74,28 +102,14 @@ class StatusView(APIView):
 class ResultView(APIView):
     """The result; `?wait=<seconds>` answers as soon as the task finishes (long-poll)."""
 
-    @extend_schema(responses={200: s.ResultSerializer},
-                   parameters=[OpenApiParameter("wait", float, description="seconds to wait for a final state")])
+    @extend_schema(responses={200: s.ResultSerializer}, parameters=[WAIT_PARAMETER])
     def get(self, request, task_id):
-        wait = self._wait(request)
+        wait = wait_seconds(request)
         if wait:
             view = services.task_wait(owner=request.user, task_id=task_id, timeout=wait)
         else:
             view = services.task_view(owner=request.user, task_id=task_id)
         return Response(task_body(view, with_result=True))
-
-    @staticmethod
-    def _wait(request) -> float:
-        raw = request.query_params.get("wait")
-        if raw in (None, ""):
-            return 0.0
-        try:
-            wait = float(raw)
-        except ValueError:
-            raise ValidationError({"wait": f"{raw!r} is not a number of seconds."}) from None
-        if not 0 <= wait <= MAX_WAIT_SECONDS:
-            raise ValidationError({"wait": f"wait must be between 0 and {MAX_WAIT_SECONDS:g} seconds."})
-        return wait
 
 
 class CancelView(APIView):

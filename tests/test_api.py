@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import codecs
+import threading
+import time
 import uuid
 
 import dill
@@ -84,16 +86,14 @@ def test_codecs_base64_with_newlines_and_trailing_slash_paths(alice):
 
 def test_finished_task_result_is_serialized_value(alice, redis_client):
     task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
-    start, finish = mirror.register_scripts(redis_client)
-    mirror.finish(finish, redis_client, task_id, "COMPLETED", dill.dumps(3), "", 60)
+    mirror.finish(redis_client, task_id, "COMPLETED", dill.dumps(3), "", 60)
     body = alice.get(f"/result/{task_id}").json()
     assert body["status"] == "COMPLETED" and deserialize(body["result"]) == 3
 
 
 def test_failed_task_result_is_exception_with_error_text(alice, redis_client):
     task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
-    _start, finish = mirror.register_scripts(redis_client)
-    mirror.finish(finish, redis_client, task_id, "FAILED", dill.dumps(ValueError("bad")), "ValueError: bad", 60)
+    mirror.finish(redis_client, task_id, "FAILED", dill.dumps(ValueError("bad")), "ValueError: bad", 60)
     body = alice.get(f"/result/{task_id}").json()
     assert body["status"] == "FAILED" and body["error"] == "ValueError: bad"
     assert isinstance(deserialize(body["result"]), ValueError)
@@ -260,3 +260,50 @@ def test_function_deleted_after_use_is_404_not_500(alice):
     Function.objects.filter(id=function_id).delete()
     response = execute(alice, function_id, 1, 2)
     assert response.status_code == 404 and "detail" in response.json()
+
+
+def test_execute_with_wait_answers_with_the_result_once_the_task_finishes(alice, redis_client):
+    function_id = register(alice)
+
+    def finish_soon():  # stands in for a dispatcher: the final state arrives during the wait
+        task_id = wait_for_queued(redis_client)
+        mirror.finish(redis_client, task_id, "COMPLETED", dill.dumps(3), "", 60)
+
+    finisher = threading.Thread(target=finish_soon)
+    finisher.start()
+    response = alice.post("/execute_function?wait=10", {"function_id": function_id, "payload": serialize(((1, 2), {}))},
+                          format="json")
+    finisher.join()
+    assert response.status_code == 201
+    body = response.json()
+    assert body["status"] == "COMPLETED" and deserialize(body["result"]) == 3
+    assert Task.objects.filter(id=body["task_id"]).exists()
+
+
+def test_execute_with_wait_that_runs_out_answers_the_current_status(alice):
+    function_id = register(alice)
+    began = time.monotonic()
+    response = alice.post("/execute_function?wait=0.3", {"function_id": function_id,
+                                                          "payload": serialize(((1, 2), {}))}, format="json")
+    assert response.status_code == 201 and 0.3 <= time.monotonic() - began < 5
+    assert response.json() == {"task_id": response.json()["task_id"], "status": "QUEUED", "result": None}
+
+
+@pytest.mark.parametrize("wait", ["soon", "-1", "61"])
+def test_execute_with_a_bad_wait_is_refused_before_anything_is_queued(alice, wait):
+    function_id = register(alice)
+    response = alice.post(f"/execute_function?wait={wait}", {"function_id": function_id,
+                                                              "payload": serialize(((1, 2), {}))}, format="json")
+    assert response.status_code == 400 and "wait" in response.json()
+    assert not Task.objects.exists()
+
+
+def wait_for_queued(r, timeout: float = 10.0) -> str:
+    """The id of the first task that appears on the stream."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        entries = r.xrange(mirror.STREAM, count=1)
+        if entries:
+            return entries[0][1][b"task_id"].decode()
+        time.sleep(0.01)
+    raise AssertionError("no task was queued")

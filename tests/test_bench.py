@@ -45,7 +45,8 @@ def test_results_json_holds_every_figure(bench_out):
     runs = {(r["mode"], r["style"], r["server"]) for r in results["throughput"]}
     assert {(m, s, "gunicorn") for m in modes for s in ("per-request", "batch")} <= runs
     assert all(r["completed"] == r["tasks"] for r in results["throughput"])
-    assert {r["mode"] for r in results["latency"]} == set(modes)
+    assert {(r["mode"], r["style"]) for r in results["latency"]} == {(m, s) for m in modes
+                                                                    for s in ("submit + result", "call")}
     assert all(r["round_trips"] > 0 and r["round_trip_ms"]["p50"] > 0 for r in results["latency"])
     stages = results["breakdown"][0]["stages"]
     assert all(stages[name]["n"] > 0 for name in ("web → queued", "queued → dispatched", "run", "total"))

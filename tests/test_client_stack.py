@@ -54,6 +54,15 @@ def test_submit_status_result(client):
     assert client.status(task_id) == "COMPLETED"
 
 
+def test_call_runs_and_answers_in_one_request(client):
+    function_id = client.register(ff.add)
+    assert client.call(function_id, 2, b=3) == 5
+    with pytest.raises(ValueError, match="called") as caught:
+        client.call(client.register(ff.raise_value_error), "called")
+    assert "raise_value_error" in caught.value.remote_traceback
+    assert client.call(client.register(ff.sleep_then_clock), 0.2) <= time.time()
+
+
 def test_function_from_a_module_the_workers_cannot_import(client, tmp_path, monkeypatch):
     user = install_user_module(tmp_path, monkeypatch)
     function_id = client.register(user.compute)

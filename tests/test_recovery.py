@@ -168,6 +168,20 @@ def test_redis_restart_loses_no_acknowledged_task(transactional_db, tmp_path):
         server.cleanup()
 
 
+def test_script_flush_under_a_running_platform_loses_nothing(stack, redis_client):
+    """The web and the dispatcher run their Lua scripts by hash; when Redis forgets them
+    (SCRIPT FLUSH), both load them again: the running task is stored, new ones run."""
+    platform = start_platform(stack, "push")
+    function_id = platform.api.register(ff.sleep_then)
+    running = platform.api.submit(function_id, 1.0, "stored")
+    wait_until(lambda: platform.api.status(running) == "RUNNING", timeout=15)
+    redis_client.script_flush()
+    assert platform.api.value(running, wait=30) == "stored"
+    redis_client.script_flush()
+    assert [platform.api.value(platform.api.submit(function_id, 0, i), wait=30) for i in range(3)] == [0, 1, 2]
+    assert "Traceback" not in platform.dispatcher.output()
+
+
 @pytest.mark.parametrize("mode", ["pull", "push"])
 def test_drained_worker_finishes_its_task_and_gets_no_new_work(stack, mode):
     from functions import services
