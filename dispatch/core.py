@@ -16,12 +16,12 @@ from collections import Counter
 
 import redis
 import zmq
-from django.db import DatabaseError, IntegrityError
 
-from dispatch.batch import PendingWrites, from_timestamp
+from dispatch.batch import from_timestamp
 from dispatch.config import DispatcherConfig
 from dispatch.recovery import RECLAIM_INTERVAL, Recovery
 from dispatch.state import FunctionCache, InFlight
+from dispatch.writer import DatabaseWriter
 from functions import mirror, services
 from functions.dashboard import DashboardPublisher
 from workers import protocol, serialization
@@ -42,7 +42,7 @@ class Dispatcher(Recovery):
         self.in_flight: dict[str, InFlight] = {}
         self.unstored: list[tuple[InFlight | None, protocol.Result]] = []  # results Redis has not taken yet
         self.functions = FunctionCache()
-        self.writes = PendingWrites()
+        self.writes = DatabaseWriter(config.flush_interval, clock)
         self.worker_ids: dict[str, int] = {}  # identity -> Worker row id
         self.worker_dirty: dict[str, dict] = {}
         self.worker_done: Counter[str] = Counter()  # tasks finished per worker since the last write
@@ -50,7 +50,6 @@ class Dispatcher(Recovery):
         self.stopped = False  # second signal, or drained: leave the loop
         self.backlog = True  # the stream may hold entries we have not claimed
         self.next_claim_check = 0.0
-        self.next_flush = 0.0
         self.next_worker_flush = 0.0
         self.next_reclaim = 0.0
         self.redis: redis.Redis | None = None
@@ -77,6 +76,7 @@ class Dispatcher(Recovery):
         mirror.ensure_group(self.redis)
         self.subscribe()
         self.refresh_liveness()
+        self.writes.start()
         self.setup()
         log.info("%s dispatcher %s ready (redis %s)", self.mode, self.config.consumer, self.config.redis_url)
 
@@ -99,6 +99,7 @@ class Dispatcher(Recovery):
             self.teardown()
         finally:
             self.flush(self.clock(), force=True)
+            self.writes.close()
             self.leave_group()
             log.info("%s dispatcher %s stopped", self.mode, self.config.consumer)
 
@@ -148,8 +149,8 @@ class Dispatcher(Recovery):
 
     def poll_timeout(self, now: float) -> float:
         """How long to wait for worker events before the next piece of periodic work."""
-        wake_at = min(self.next_flush if len(self.writes) else now + 1.0, now + self.config.idle_poll,
-                      self.next_tick(now))
+        wake_at = min(now + self.config.idle_poll, self.next_tick(now), self.publisher.next_due(now),
+                      self.next_worker_flush if self.worker_dirty or self.worker_done else now + 1.0)
         if self.unstored or (self.capacity() > 0 and self.backlog and not self.stopping):
             return 0.0
         return max(0.0, wake_at - now)
@@ -392,34 +393,20 @@ class Dispatcher(Recovery):
     # --- writes --------------------------------------------------------------------------
 
     def flush(self, now: float, force: bool = False) -> None:
-        if force or (len(self.writes) and now >= self.next_flush):
-            self.next_flush = now + self.config.flush_interval
-            self.flush_writes(now)
+        """Hand worker changes to the database writer once a second, and updates to the
+        dashboard; a forced flush waits until the database has everything."""
+        if self.writes.links_broken.is_set():  # a Worker row we pointed at is gone
+            self.writes.links_broken.clear()
+            self.worker_ids.clear()
         if (self.worker_dirty or self.worker_done) and (force or now >= self.next_worker_flush):
             self.next_worker_flush = now + WORKER_FLUSH_INTERVAL
-            try:
-                services.workers_update({self.worker_ids[i]: s for i, s in self.worker_dirty.items()
-                                         if i in self.worker_ids},
-                                        {self.worker_ids[i]: n for i, n in self.worker_done.items()
-                                         if i in self.worker_ids})
-                self.worker_dirty.clear()
-                self.worker_done.clear()
-            except DatabaseError:
-                log.exception("could not record worker state; will retry")
+            self.writes.workers({self.worker_ids[i]: s for i, s in self.worker_dirty.items() if i in self.worker_ids},
+                                {self.worker_ids[i]: n for i, n in self.worker_done.items() if i in self.worker_ids})
+            self.worker_dirty.clear()
+            self.worker_done.clear()
+        if force:
+            self.writes.flush()
         self.publisher.flush(now, force=force)
-
-    def flush_writes(self, now: float) -> None:
-        """Apply the batch; a database outage keeps it for the next try instead of crashing
-        (Redis already holds every state, so clients see no difference)."""
-        try:
-            self.writes.flush(now)
-        except IntegrityError:  # e.g. an operator deleted a Worker row we still point at
-            log.exception("database rejected the batch; retrying it without worker links")
-            self.worker_ids.clear()
-            self.writes.forget_workers()
-        except DatabaseError:
-            log.exception("database unavailable; keeping %d write(s) for the next flush", len(self.writes))
-            self.next_flush = now + 1.0
 
     # --- hooks for modes -----------------------------------------------------------------
 

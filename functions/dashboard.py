@@ -143,6 +143,10 @@ class DashboardPublisher:
     def worker(self, identity: str, **state) -> None:
         self.workers.setdefault(identity, {}).update(state)
 
+    def next_due(self, now: float) -> float:
+        """When `flush` next has something to send."""
+        return max(now, self.next_send) if (self.tasks or self.workers or self.counts) else self.next_summary
+
     def flush(self, now: float, force: bool = False) -> bool:
         """Hand the gathered changes to the sender when due; a forced flush waits for it.
 

@@ -93,6 +93,7 @@ def test_claims_only_as_many_tasks_as_there_is_capacity(dispatcher, submit, redi
     dispatcher.finish_all()
     dispatcher.loop(dispatcher.clock_.now)
     assert [t.task_id for t in dispatcher.sent] == ids[2:4]
+    dispatcher.flush(dispatcher.clock_.now, force=True)
     assert Task.objects.filter(status="COMPLETED").count() == 2
 
 
@@ -101,8 +102,7 @@ def test_results_reach_redis_at_once_and_the_database_in_a_batch(dispatcher, sub
     dispatcher.loop(dispatcher.clock_.now)
     dispatcher.finish_all()
     assert {status(redis_client, t) for t in ids} == {"COMPLETED"}
-    assert Task.objects.filter(status="COMPLETED").count() == 0  # not yet flushed
-    dispatcher.flush(dispatcher.clock_.now)
+    dispatcher.flush(dispatcher.clock_.now, force=True)  # waits for the database writer
     assert Task.objects.filter(status="COMPLETED").count() == 2
     assert redis_client.xlen(mirror.STREAM) == 0  # acknowledged and deleted
 
@@ -185,6 +185,7 @@ def test_entries_of_a_dead_dispatcher_are_reclaimed(redis_server, redis_client, 
         assert {t.task_id for t in heir.sent} == set(ids[1:])
     finally:
         heir.shutdown()
+        dead.writes.close()  # its database writer thread would have died with its process
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
@@ -200,3 +201,28 @@ def test_config_refuses_unsafe_or_impossible_settings(kwargs, fragment):
 def test_public_bind_is_allowed_with_keys_or_insecure():
     DispatcherConfig(redis_url="redis://x", mode="push", bind="0.0.0.0", keys_dir="/k").validate()
     DispatcherConfig(redis_url="redis://x", mode="push", bind="0.0.0.0", insecure=True).validate()
+
+
+def test_a_locked_database_never_stalls_dispatching(dispatcher, submit, redis_client, transactional_db):
+    """Another process holds SQLite's write lock (as the web servers do at every submit):
+    results still reach Redis and new tasks are still claimed; the rows catch up after."""
+    import sqlite3
+
+    from django.db import connection
+
+    ids = submit(4)
+    dispatcher.loop(dispatcher.clock_.now)
+    holder = sqlite3.connect(connection.settings_dict["NAME"], isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, held
+    try:
+        began = time.monotonic()
+        dispatcher.finish_all()
+        dispatcher.loop(dispatcher.clock_.now)
+        assert time.monotonic() - began < 1.0
+        assert [status(redis_client, t) for t in ids] == ["COMPLETED"] * 2 + ["RUNNING"] * 2
+        assert Task.objects.filter(status="COMPLETED").count() == 0  # the writer waits for the lock
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    dispatcher.flush(dispatcher.clock_.now, force=True)
+    assert Task.objects.filter(status="COMPLETED").count() == 2
