@@ -20,6 +20,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from functions import mirror
+from functions.groupcommit import GroupInsert
 from functions.models import Function, Task, Worker
 from workers import serialization
 from workers.exceptions import WorkerFailureException
@@ -89,9 +90,13 @@ def function_get(*, owner, function_id) -> Function:
     return function
 
 
+_task_rows = GroupInsert()  # submits of this process's threads share transactions
+
+
 def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeout: float | None = None,
                       retry_of: Task | None = None, received_at: float | None = None) -> list[Task]:
-    """Queue many calls of one function: one Redis script call, then one database insert.
+    """Queue many calls of one function: one Redis script call, then the rows' insert
+    (grouped with other threads' submits: functions.groupcommit).
 
     Redis goes first so the SQLite write lock is held only for the insert itself, never
     across a network round trip. If the insert fails, the tasks are failed in Redis before
@@ -103,8 +108,7 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
     r = redis_client()
     mirror.enqueue(r, queued, received_at)
     try:
-        with transaction.atomic():
-            Task.objects.bulk_create(tasks)
+        _task_rows.insert(tasks)
     except Exception as exc:
         _abandon(r, [t.task_id for t in queued])
         if isinstance(exc, IntegrityError):  # the function was deleted a moment ago
