@@ -83,6 +83,15 @@ class Suite:
     def per_mode(self, harness: BenchPlatform, watcher: CompletionWatcher, mode: str) -> None:
         config = self.config
         with harness.setup(mode, config.workers) as setup:
+            # Latency first, on the warmed but otherwise idle platform; then the load.
+            for style, run in ((latency.SUBMIT_THEN_RESULT, "sequential round trips"),
+                               (latency.CALL, "sequential calls, one request each")):
+                self.say(f"latency {mode} ({style}): {config.latency_round_trips} round trips")
+                figures, rows, sent, seen = latency.run(harness, setup, config.latency_round_trips,
+                                                        config.run_timeout, style=style)
+                self.results["latency"].append(figures)
+                self.results["breakdown"].append({"mode": mode, "run": run,
+                                                  "stages": breakdown.breakdown(rows, sent, seen)})
             for style in (throughput.PER_REQUEST, throughput.BATCH):
                 self.say(f"throughput {mode} {style}: {config.throughput_tasks} tasks")
                 figures, rows, submitted, seen = throughput.run(harness, setup, watcher, config, style)
@@ -96,14 +105,6 @@ class Suite:
                 self.say(f"throughput {mode} per-request through daphne")
                 figures, *_ = throughput.run(harness, setup, watcher, config, throughput.PER_REQUEST, server="daphne")
                 self.results["throughput"].append(figures)
-            for style, run in ((latency.SUBMIT_THEN_RESULT, "sequential round trips"),
-                               (latency.CALL, "sequential calls, one request each")):
-                self.say(f"latency {mode} ({style}): {config.latency_round_trips} round trips")
-                figures, rows, sent, seen = latency.run(harness, setup, config.latency_round_trips,
-                                                        config.run_timeout, style=style)
-                self.results["latency"].append(figures)
-                self.results["breakdown"].append({"mode": mode, "run": run,
-                                                  "stages": breakdown.breakdown(rows, sent, seen)})
 
     def scaling_point(self, harness: BenchPlatform, watcher: CompletionWatcher, mode: str, processes: int) -> None:
         with harness.setup(mode, processes) as setup:
