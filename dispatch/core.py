@@ -74,6 +74,7 @@ class Dispatcher(Recovery):
     def initialize(self) -> None:
         self.redis = mirror.connect(self.config.redis_url)
         mirror.ensure_group(self.redis)
+        self.requeue_lost_tasks()
         self.subscribe()
         self.refresh_liveness()
         self.writes.start()
@@ -218,6 +219,7 @@ class Dispatcher(Recovery):
                 raise claimed
             log.warning("the task stream vanished (Redis restarted without its data?); recreating it")
             mirror.ensure_group(self.redis)
+            self.requeue_lost_tasks()
             return
         self.backlog = len(claimed) >= free
         if claimed:

@@ -3,17 +3,20 @@ dispatcher (its liveness key expires and its stream entries are taken over)."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 import redis
+from django.utils import timezone
 
 from dispatch.state import InFlight
-from functions import mirror
+from functions import mirror, services
 from workers.protocol import TaskStatus
 
 log = logging.getLogger(__name__)
 
 RECLAIM_INTERVAL = 2.0  # seconds between checks for entries held by dead dispatchers
+REQUEUE_PAGE = 500  # QUEUED rows checked against Redis per round trip when re-queueing lost tasks
 
 
 class Recovery:
@@ -40,6 +43,7 @@ class Recovery:
         self.subscribe()
         self.store_pending()
         self.recover(self.own_pending_entries())
+        self.requeue_lost_tasks()
         self.backlog = True
         log.info("Redis is back")
 
@@ -53,6 +57,23 @@ class Recovery:
             self.tick(now)
         except (redis.ConnectionError, redis.TimeoutError):
             pass
+
+    def requeue_lost_tasks(self) -> int:
+        """Queue again the tasks the database holds as QUEUED but Redis no longer has (it
+        restarted without its data): at start-up and whenever Redis comes back. Only rows
+        younger than the result TTL: an older one's hash may simply have expired after the
+        task finished. The enqueue script skips any task Redis has meanwhile, so dispatchers
+        sweeping at the same moment never queue a task twice."""
+        since = timezone.now() - datetime.timedelta(seconds=self.config.result_ttl)
+        after, requeued = None, 0
+        while page := services.tasks_queued_since(since, after=after, limit=REQUEUE_PAGE):
+            after = page[-1]
+            missing = mirror.missing_tasks(self.redis, [str(task_id) for _, task_id in page])
+            if missing:
+                requeued += len(mirror.enqueue(self.redis, services.tasks_to_queue(missing), only_missing=True))
+        if requeued:
+            log.warning("re-queued %d task(s) that Redis had lost (it restarted without its data?)", requeued)
+        return requeued
 
     def own_pending_entries(self) -> list:
         """Entries delivered to this dispatcher but not acknowledged and not held: claimed

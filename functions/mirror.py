@@ -84,20 +84,25 @@ redis.call('HSET', KEYS[1], 'status', 'RUNNING', unpack(ARGV))
 return 1
 """
 
-# KEYS[1]=stream, KEYS[2..]=task hashes; ARGV = wake channel, received_at, queued_at, then
-# per task the stream fields (task_id, function_id, owner, arguments, timeout, attempt).
-# Each task's hash and stream entry, and one wake-up for them all: atomic, one command.
+# KEYS[1]=stream, KEYS[2..]=task hashes; ARGV = wake channel, received_at, queued_at,
+# only_missing ('1': skip tasks whose hash Redis still has), then per task the stream fields
+# (task_id, function_id, owner, arguments, timeout, attempt). Each task's hash and stream
+# entry, and one wake-up for them all: atomic, one command. Returns the 1-based positions
+# of the tasks it queued.
 _ENQUEUE = """
-local per = 6
+local per, queued = 6, {}
 for i = 2, #KEYS do
-  local a = 3 + (i - 2) * per
-  redis.call('HSET', KEYS[i], 'status', 'QUEUED', 'owner', ARGV[a + 3], 'function_id', ARGV[a + 2],
-             'received_at', ARGV[2], 'queued_at', ARGV[3], 'attempts', ARGV[a + 6] - 1)
-  redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[a + 1], 'function_id', ARGV[a + 2], 'owner', ARGV[a + 3],
-             'arguments', ARGV[a + 4], 'timeout', ARGV[a + 5], 'attempt', ARGV[a + 6])
+  local a = 4 + (i - 2) * per
+  if ARGV[4] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
+    redis.call('HSET', KEYS[i], 'status', 'QUEUED', 'owner', ARGV[a + 3], 'function_id', ARGV[a + 2],
+               'received_at', ARGV[2], 'queued_at', ARGV[3], 'attempts', ARGV[a + 6] - 1)
+    redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[a + 1], 'function_id', ARGV[a + 2], 'owner', ARGV[a + 3],
+               'arguments', ARGV[a + 4], 'timeout', ARGV[a + 5], 'attempt', ARGV[a + 6])
+    queued[#queued + 1] = i - 1
+  end
 end
-redis.call('PUBLISH', ARGV[1], #KEYS - 1)
-return #KEYS - 1
+if #queued > 0 then redis.call('PUBLISH', ARGV[1], #queued) end
+return queued
 """
 
 
@@ -192,17 +197,26 @@ def put_function(pipe, function_id, owner_id, payload: bytes) -> None:
     pipe.hset(function_key(function_id), mapping={"payload": payload, "owner": owner_id or ""})
 
 
-def enqueue(pipe_or_client, tasks: list[QueuedTask], received_at: float | None = None):
+def enqueue(pipe_or_client, tasks: list[QueuedTask], received_at: float | None = None, *,
+            only_missing: bool = False):
     """Queue tasks: each one's hash and stream entry, then one wake-up, in one atomic script
     call. `received_at` is when the request arrived; with queued_at it shows the web's share
-    of latency."""
+    of latency. `only_missing` skips tasks Redis still has (re-queueing after data loss)."""
     if not tasks:
-        return None
+        return []
     now = time.time()
-    args = [WAKE_CHANNEL, repr(received_at or now), repr(now)]
+    args = [WAKE_CHANNEL, repr(received_at or now), repr(now), "1" if only_missing else "0"]
     for t in tasks:
         args += stream_fields(t).values()
     return run_script(pipe_or_client, "enqueue", [STREAM, *(task_key(t.task_id) for t in tasks)], args)
+
+
+def missing_tasks(r: redis.Redis, task_ids: list[str]) -> list[str]:
+    """The ids among `task_ids` whose hash Redis does not have, in one round trip."""
+    pipe = r.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.exists(task_key(task_id))
+    return [task_id for task_id, exists in zip(task_ids, pipe.execute()) if not exists]
 
 
 def stream_fields(t: QueuedTask) -> dict:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import redis
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from functions import mirror
@@ -234,6 +234,26 @@ def task_get(*, owner, task_id) -> Task:
 
 
 # --- dispatcher-side transitions, applied in batches --------------------------------------
+
+def tasks_queued_since(since: datetime.datetime, *, after: tuple | None = None, limit: int = 500) -> list[tuple]:
+    """(created_at, id) of QUEUED rows created since `since`, oldest first, after the
+    (created_at, id) `after`: one page of the database's queue, without payloads."""
+    rows = Task.objects.filter(status=TaskStatus.QUEUED, created_at__gte=since)
+    if after is not None:
+        rows = rows.filter(Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1]))
+    return list(rows.order_by("created_at", "id").values_list("created_at", "id")[:limit])
+
+
+def tasks_to_queue(task_ids: list) -> list[mirror.QueuedTask]:
+    """The queue entries of QUEUED rows, rebuilt from the database (payloads included), in
+    the order of `task_ids`."""
+    rows = Task.objects.filter(id__in=task_ids, status=TaskStatus.QUEUED).values_list(
+        "id", "function_id", "owner_id", "payload", "timeout", "attempts")
+    found = {str(tid): mirror.QueuedTask(str(tid), str(fid), "" if owner is None else str(owner), bytes(payload),
+                                         timeout, attempts + 1)
+             for tid, fid, owner, payload, timeout, attempts in rows}
+    return [found[str(t)] for t in task_ids if str(t) in found]
+
 
 def tasks_mark_running(*, task_ids: list[str], worker_id: int | None, dispatched_at, attempts: int = 1) -> int:
     """Record that tasks were handed to a worker; never overwrites a final state (a cancel)."""

@@ -226,3 +226,15 @@ def test_a_locked_database_never_stalls_dispatching(dispatcher, submit, redis_cl
         holder.close()
     dispatcher.flush(dispatcher.clock_.now, force=True)
     assert Task.objects.filter(status="COMPLETED").count() == 2
+
+
+def test_tasks_redis_lost_are_queued_again_once(dispatcher, submit, redis_client):
+    ids = submit(3)
+    redis_client.flushall()  # Redis lost its data: the rows say QUEUED, Redis knows nothing
+    mirror.ensure_group(redis_client)
+    assert dispatcher.requeue_lost_tasks() == 3
+    assert dispatcher.requeue_lost_tasks() == 0  # a second sweep (or another dispatcher's) finds them queued
+    assert redis_client.xlen(mirror.STREAM) == 3
+    dispatcher.loop(dispatcher.clock_.now)
+    assert len(dispatcher.sent) == 2 and {t.task_id for t in dispatcher.sent} <= set(ids)
+    assert [t.arguments for t in dispatcher.sent] == [serialization.dumps(((), {}))] * 2

@@ -168,6 +168,50 @@ def test_redis_restart_loses_no_acknowledged_task(transactional_db, tmp_path):
         server.cleanup()
 
 
+@pytest.mark.parametrize("dispatcher_running", [True, False], ids=["dispatcher-running", "dispatcher-started-after"])
+def test_tasks_queued_when_redis_restarts_empty_are_queued_again(transactional_db, tmp_path, dispatcher_running):
+    """Redis restarts without its data (no append-only file): the tasks that waited in its
+    stream are queued again from the database, by the running dispatcher once Redis is back
+    or by one started afterwards; a task that was running keeps its result."""
+    from django.conf import settings
+
+    from scripts.redis_server import RedisServer
+    from tests.conftest import database_url
+
+    server = RedisServer(appendonly=False).start()
+    stack = Stack(server.url, database_url(settings.DATABASES["default"]), tmp_path)
+    try:
+        api = Api(stack.web())
+        function_id = api.register(ff.sleep_then)
+        running = None
+        if dispatcher_running:
+            dispatcher = stack.dispatcher("local", "-w", "1")
+            running = api.submit(function_id, 1.5, "kept")
+            wait_until(lambda: api.status(running) == "RUNNING", timeout=15)
+        queued = [api.submit(function_id, 0, i) for i in range(4)]  # the one process is busy, or none runs
+        server.restart()
+        assert server_is_empty(server)
+        if not dispatcher_running:
+            dispatcher = stack.dispatcher("local", "-w", "1")
+        if running is not None:
+            assert api.value(running, wait=40) == "kept"
+        assert [api.value(t, wait=40) for t in queued] == [0, 1, 2, 3]
+        assert "re-queued 4 task(s) that Redis had lost" in dispatcher.output()
+    finally:
+        stack.close()
+        server.cleanup()
+
+
+def server_is_empty(server) -> bool:
+    import redis
+
+    client = redis.Redis.from_url(server.url)
+    try:
+        return client.dbsize() == 0
+    finally:
+        client.close()
+
+
 def test_script_flush_under_a_running_platform_loses_nothing(stack, redis_client):
     """The web and the dispatcher run their Lua scripts by hash; when Redis forgets them
     (SCRIPT FLUSH), both load them again: the running task is stored, new ones run."""
