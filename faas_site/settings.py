@@ -131,6 +131,8 @@ FAAS_MAX_PAYLOAD_BYTES = env_int("FAAS_MAX_PAYLOAD_BYTES", 16 * 1024 * 1024)
 FAAS_MAX_RESULT_BYTES = env_int("FAAS_MAX_RESULT_BYTES", 16 * 1024 * 1024)
 FAAS_TASK_TIMEOUT = env_float("FAAS_TASK_TIMEOUT", None)  # default task deadline, seconds
 FAAS_RESULT_TTL = env_int("FAAS_RESULT_TTL", 7 * 24 * 3600)  # how long Redis keeps a finished task
+# How long a server process trusts an API token it has checked (0: ask the database every time).
+FAAS_TOKEN_CACHE_SECONDS = env_float("FAAS_TOKEN_CACHE_SECONDS", 10.0) or 0.0
 
 # The JSON body holds base64 of the payload (4/3 larger) plus a little JSON around it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = FAAS_MAX_PAYLOAD_BYTES * 4 // 3 + FAAS_MAX_PAYLOAD_BYTES // 38 + 64 * 1024
@@ -140,7 +142,7 @@ THROTTLE_USER = env_str("FAAS_THROTTLE_USER", "")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "functions.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["functions.permissions.IsAuthenticatedOrAnonymousAllowed"],

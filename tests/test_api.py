@@ -307,3 +307,35 @@ def wait_for_queued(r, timeout: float = 10.0) -> str:
             return entries[0][1][b"task_id"].decode()
         time.sleep(0.01)
     raise AssertionError("no task was queued")
+
+
+@pytest.fixture
+def fresh_token_memory():
+    from functions.authentication import CachedTokenAuthentication
+
+    CachedTokenAuthentication._seen.clear()
+    yield
+    CachedTokenAuthentication._seen.clear()
+
+
+def test_a_checked_token_is_not_looked_up_again_within_the_window(alice, fresh_token_memory,
+                                                                   django_assert_num_queries):
+    task_id = execute(alice, register(alice), 1, 2).json()["task_id"]  # its status comes from Redis
+    with django_assert_num_queries(0):
+        assert alice.get(f"/status/{task_id}").status_code == 200
+
+
+def test_a_deleted_token_is_refused_once_the_window_has_passed(alice, fresh_token_memory, settings):
+    settings.FAAS_TOKEN_CACHE_SECONDS = 0.3
+    task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
+    Token.objects.all().delete()
+    assert alice.get(f"/status/{task_id}").status_code == 200  # the documented window
+    time.sleep(0.4)
+    assert alice.get(f"/status/{task_id}").status_code == 401
+
+
+def test_without_the_window_a_deleted_token_is_refused_at_once(alice, fresh_token_memory, settings):
+    settings.FAAS_TOKEN_CACHE_SECONDS = 0
+    task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
+    Token.objects.all().delete()
+    assert alice.get(f"/status/{task_id}").status_code == 401
