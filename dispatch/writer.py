@@ -93,7 +93,11 @@ class DatabaseWriter:
                 self.wake.clear()
                 with self.idle:
                     serving = self.requested
-                self.write_once()
+                try:
+                    self.write_once()
+                except Exception:  # a bug must not end the thread: the batch stays for the next try
+                    log.exception("writing to the database failed; will retry")
+                    self.wake.wait(RETRY_AFTER)
                 with self.idle:
                     self.completed = serving
                     self.idle.notify_all()

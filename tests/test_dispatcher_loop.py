@@ -11,6 +11,7 @@ from dispatch.config import ConfigError, DispatcherConfig
 from dispatch.core import Dispatcher
 from functions import mirror, services
 from functions.models import Task
+from scripts.waiting import wait_until
 from workers import protocol, serialization
 from workers.exceptions import WorkerFailureException
 
@@ -238,3 +239,21 @@ def test_tasks_redis_lost_are_queued_again_once(dispatcher, submit, redis_client
     dispatcher.loop(dispatcher.clock_.now)
     assert len(dispatcher.sent) == 2 and {t.task_id for t in dispatcher.sent} <= set(ids)
     assert [t.arguments for t in dispatcher.sent] == [serialization.dumps(((), {}))] * 2
+
+
+def test_the_database_writer_survives_an_unexpected_error(dispatcher, submit, redis_client, monkeypatch):
+    ids = submit(2)
+    dispatcher.loop(dispatcher.clock_.now)
+    real, calls = services.tasks_finish, []
+
+    def fails_once(outcomes):
+        calls.append(len(outcomes))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in a write")
+        return real(outcomes)
+
+    monkeypatch.setattr(services, "tasks_finish", fails_once)
+    monkeypatch.setattr("dispatch.writer.RETRY_AFTER", 0.05)
+    dispatcher.finish_all()
+    wait_until(lambda: Task.objects.filter(id__in=ids, status="COMPLETED").count() == 2, timeout=10)
+    assert dispatcher.writes.thread.is_alive() and len(calls) >= 2
