@@ -34,8 +34,11 @@ THROUGHPUT_WINDOW = 600  # seconds of throughput history kept
 
 FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 
+DONE_INLINE_BYTES = 64 * 1024  # a done message carries result and error up to this size
+
 # KEYS[1]=task hash, KEYS[2]=done channel; ARGV = status, result, error, ttl, required status
-# ("" for any unfinished one), field, value, ...
+# ("" for any unfinished one), field, value, ...  The done message is the status, followed
+# (when small) by the error and result, so a waiting long-poll need not read the hash back.
 _FINISH = """
 local s = redis.call('HGET', KEYS[1], 'status')
 if s == 'COMPLETED' or s == 'FAILED' then return 0 end
@@ -43,9 +46,13 @@ if ARGV[5] ~= '' and s ~= ARGV[5] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3])
 if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-redis.call('PUBLISH', KEYS[2], ARGV[1])
+if #ARGV[2] + #ARGV[3] <= DONE_INLINE_BYTES then
+  redis.call('PUBLISH', KEYS[2], ARGV[1] .. '\\n' .. #ARGV[3] .. '\\n' .. ARGV[3] .. ARGV[2])
+else
+  redis.call('PUBLISH', KEYS[2], ARGV[1])
+end
 return 1
-"""
+""".replace("DONE_INLINE_BYTES", str(DONE_INLINE_BYTES))
 
 # KEYS[1]=stream; ARGV = group, consumer, count, dispatched_at, task key prefix.
 # Claims up to `count` entries and marks each task RUNNING unless it is already final (a
@@ -179,6 +186,26 @@ def function_key(function_id) -> str:
 
 def done_channel(task_id) -> str:
     return DONE_CHANNEL.format(task_id=task_id)
+
+
+@dataclass(frozen=True)
+class Done:
+    """A final state as its done message carries it."""
+
+    status: str
+    error: str
+    result: bytes
+
+
+def parse_done(data: bytes) -> Done | None:
+    """The final state in a done message; None when it names only the status (a result too
+    large to carry, or a purge), and the task's hash must be read."""
+    status, newline, rest = data.partition(b"\n")
+    length, newline2, rest = rest.partition(b"\n")
+    if not (newline and newline2 and length.isdigit()):
+        return None
+    size = int(length)
+    return Done(status.decode(), rest[:size].decode(errors="replace"), rest[size:])
 
 
 @dataclass(frozen=True)

@@ -216,7 +216,9 @@ def task_wait(*, owner, task_id, timeout: float) -> TaskView:
                 break
             message = pubsub.get_message(timeout=remaining)
             if message is not None and message["channel"] == channel:  # not a late one for an earlier wait
-                view = task_view(owner=owner, task_id=tid)
+                done = mirror.parse_done(message["data"])  # the owner was checked before the wait
+                view = (TaskView(str(tid), done.status, done.result, done.error) if done
+                        else task_view(owner=owner, task_id=tid))
         pubsub.unsubscribe(channel)
     except redis.RedisError:
         _local.pubsub = None  # a broken connection is not reused

@@ -339,3 +339,41 @@ def test_without_the_window_a_deleted_token_is_refused_at_once(alice, fresh_toke
     task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
     Token.objects.all().delete()
     assert alice.get(f"/status/{task_id}").status_code == 401
+
+
+@pytest.mark.parametrize("size", [10, 200_000], ids=["carried-by-the-done-message", "read-back-from-redis"])
+def test_a_waiting_long_poll_answers_with_the_whole_result(alice, redis_client, size):
+    task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
+    value, error = "x" * size, "ValueError: " + "é" * 50
+
+    def finish_soon():
+        time.sleep(0.2)  # the request below is waiting by then
+        mirror.finish(redis_client, task_id, "FAILED", dill.dumps(value), error, 60)
+
+    finisher = threading.Thread(target=finish_soon)
+    finisher.start()
+    body = alice.get(f"/result/{task_id}?wait=10").json()
+    finisher.join()
+    assert body["status"] == "FAILED" and body["error"] == error
+    assert deserialize(body["result"]) == value
+
+
+def test_done_messages_carry_small_outcomes_only(redis_client):
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(mirror.done_channel("small"), mirror.done_channel("large"))
+    mirror.finish(redis_client, "small", "COMPLETED", b"\x80\x04K\x03.", "", 60)
+    mirror.finish(redis_client, "large", "COMPLETED", b"x" * (mirror.DONE_INLINE_BYTES + 1), "", 60)
+    messages = [next_message(pubsub) for _ in range(2)]
+    pubsub.close()
+    assert mirror.parse_done(messages[0]["data"]) == mirror.Done("COMPLETED", "", b"\x80\x04K\x03.")
+    assert messages[1]["data"] == b"COMPLETED" and mirror.parse_done(messages[1]["data"]) is None
+
+
+def next_message(pubsub, timeout: float = 5.0) -> dict:
+    """The next published message (get_message answers None for the subscribe confirmations)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        message = pubsub.get_message(timeout=0.5)
+        if message is not None:
+            return message
+    raise AssertionError("no message was published")
