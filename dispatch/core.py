@@ -397,9 +397,6 @@ class Dispatcher(Recovery):
     def flush(self, now: float, force: bool = False) -> None:
         """Hand worker changes to the database writer once a second, and updates to the
         dashboard; a forced flush waits until the database has everything."""
-        if self.writes.links_broken.is_set():  # a Worker row we pointed at is gone
-            self.writes.links_broken.clear()
-            self.worker_ids.clear()
         if (self.worker_dirty or self.worker_done) and (force or now >= self.next_worker_flush):
             self.next_worker_flush = now + WORKER_FLUSH_INTERVAL
             self.writes.workers({self.worker_ids[i]: s for i, s in self.worker_dirty.items() if i in self.worker_ids},
@@ -408,6 +405,9 @@ class Dispatcher(Recovery):
             self.worker_done.clear()
         if force:
             self.writes.flush()
+        if self.writes.links_broken.is_set():  # a Worker row we pointed at is gone
+            self.writes.links_broken.clear()
+            self.worker_ids.clear()
         self.publisher.flush(now, force=force)
 
     # --- hooks for modes -----------------------------------------------------------------

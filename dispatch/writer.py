@@ -80,10 +80,6 @@ class DatabaseWriter:
             self.wake.set()
             self.thread.join(timeout)
 
-    def __len__(self) -> int:
-        with self.lock:
-            return len(self.running) + len(self.outcomes) + len(self.pending)
-
     # --- the thread ------------------------------------------------------------------------
 
     def _run(self) -> None:

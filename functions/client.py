@@ -83,24 +83,29 @@ class FaaSClient:
                     timeout: float | None = None) -> str:
         """`submit` with the call spelled out, leaving room for options such as a
         `timeout` (the task's deadline in seconds: past it the task FAILS)."""
-        body = {"function_id": function_id, "payload": self.encode_call(args, kwargs or {})}
-        if timeout is not None:
-            body["timeout"] = timeout
-        return self._call("POST", "/execute_function", json=body)["task_id"]
+        return self._execute(function_id, args, kwargs, timeout)["task_id"]
 
     def call(self, function_id: str, /, *args, **kwargs):
         """Run `fn(*args, **kwargs)` and return its value (or raise its exception), in one
         request the server holds until the task finishes."""
         return self.outcome(self.submit_and_wait(function_id, args, kwargs))
 
-    def submit_and_wait(self, function_id: str, args: Iterable = (), kwargs: dict | None = None) -> dict:
+    def submit_and_wait(self, function_id: str, args: Iterable = (), kwargs: dict | None = None, *,
+                        timeout: float | None = None) -> dict:
         """Queue a call and return its final /result body (never raising the task's error):
         one POST /execute_function?wait= that the server holds up to a minute, then, for a
-        longer task, `wait` on its id."""
-        body = {"function_id": function_id, "payload": self.encode_call(args, kwargs or {})}
-        answer = self._call("POST", "/execute_function", json=body, params={"wait": f"{MAX_WAIT:g}"},
-                            timeout=self.timeout + MAX_WAIT)
+        longer task, `wait` on its id. `timeout` is the task's deadline, as for `submit_with`."""
+        answer = self._execute(function_id, args, kwargs, timeout, wait=MAX_WAIT)
         return answer if answer.get("status") in FINAL else self.wait(answer["task_id"])
+
+    def _execute(self, function_id: str, args: Iterable, kwargs: dict | None, timeout: float | None,
+                 wait: float = 0.0) -> dict:
+        """One POST /execute_function; with `wait`, the server holds it until the task finishes."""
+        body = {"function_id": function_id, "payload": self.encode_call(args, kwargs or {})}
+        if timeout is not None:
+            body["timeout"] = timeout
+        params = {"wait": f"{wait:g}"} if wait else None
+        return self._call("POST", "/execute_function", json=body, params=params, timeout=self.timeout + wait)
 
     def submit_batch(self, function_id: str, calls: Iterable[tuple[Iterable, dict]], /, *,
                      timeout: float | None = None) -> list[str]:

@@ -103,8 +103,7 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
     the error reaches the client, so nothing unacknowledged ever runs to completion."""
     tasks = [Task(owner=_owner(owner), function=function, payload=p, payload_size=len(p),
                   timeout=timeout, retry_of=retry_of) for p in payloads]
-    queued = [mirror.QueuedTask(str(t.id), str(function.id), owner_key(owner), p, timeout)
-              for t, p in zip(tasks, payloads)]
+    queued = [_queue_entry(t.id, function.id, t.owner_id, p, timeout) for t, p in zip(tasks, payloads)]
     r = redis_client()
     mirror.enqueue(r, queued, received_at)
     try:
@@ -116,6 +115,13 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
             raise NotFound(f"No function with id {function.id}.") from None
         raise
     return tasks
+
+
+def _queue_entry(task_id, function_id, owner_id: int | None, payload, timeout: float | None,
+                 attempt: int = 1) -> mirror.QueuedTask:
+    """What Redis queues for one task row (owner as `owner_key` writes it)."""
+    return mirror.QueuedTask(str(task_id), str(function_id), "" if owner_id is None else str(owner_id),
+                             bytes(payload), timeout, attempt)
 
 
 def _abandon(r, task_ids: list[str]) -> None:
@@ -251,8 +257,7 @@ def tasks_to_queue(task_ids: list) -> list[mirror.QueuedTask]:
     the order of `task_ids`."""
     rows = Task.objects.filter(id__in=task_ids, status=TaskStatus.QUEUED).values_list(
         "id", "function_id", "owner_id", "payload", "timeout", "attempts")
-    found = {str(tid): mirror.QueuedTask(str(tid), str(fid), "" if owner is None else str(owner), bytes(payload),
-                                         timeout, attempts + 1)
+    found = {str(tid): _queue_entry(tid, fid, owner, payload, timeout, attempts + 1)
              for tid, fid, owner, payload, timeout, attempts in rows}
     return [found[str(t)] for t in task_ids if str(t) in found]
 

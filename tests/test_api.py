@@ -377,3 +377,19 @@ def next_message(pubsub, timeout: float = 5.0) -> dict:
         if message is not None:
             return message
     raise AssertionError("no message was published")
+
+
+def test_execute_with_wait_still_returns_the_task_id_when_redis_fails_during_the_wait(alice, monkeypatch):
+    import redis
+
+    from functions import services
+
+    def redis_went_away(**kwargs):
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(services, "task_wait", redis_went_away)
+    response = alice.post("/execute_function?wait=5", {"function_id": register(alice),
+                                                        "payload": serialize(((1, 2), {}))}, format="json")
+    assert response.status_code == 201  # queued: the client must learn its id, not a 503
+    assert set(response.json()) == {"task_id"}
+    assert Task.objects.filter(id=response.json()["task_id"]).exists()

@@ -10,7 +10,7 @@ import pytest
 from dispatch.config import ConfigError, DispatcherConfig
 from dispatch.core import Dispatcher
 from functions import mirror, services
-from functions.models import Task
+from functions.models import Task, Worker
 from scripts.waiting import wait_until
 from workers import protocol, serialization
 from workers.exceptions import WorkerFailureException
@@ -257,3 +257,17 @@ def test_the_database_writer_survives_an_unexpected_error(dispatcher, submit, re
     dispatcher.finish_all()
     wait_until(lambda: Task.objects.filter(id__in=ids, status="COMPLETED").count() == 2, timeout=10)
     assert dispatcher.writes.thread.is_alive() and len(calls) >= 2
+
+
+def test_a_deleted_worker_row_does_not_block_the_tasks_writes(dispatcher, submit):
+    """An operator deletes a Worker row the pending writes point at: the batch is written
+    again without worker links, and the dispatcher forgets its worker ids."""
+    dispatcher.worker_ids["fake-worker"] = services.worker_register(identity="fake-worker", mode="fake",
+                                                                    hostname="h", pid=1, processes=2)
+    ids = submit(2)
+    dispatcher.loop(dispatcher.clock_.now)
+    Worker.objects.all().delete()
+    dispatcher.finish_all()
+    wait_until(lambda: dispatcher.flush(dispatcher.clock_.now, force=True) is None
+               and Task.objects.filter(id__in=ids, status="COMPLETED", worker=None).count() == 2, timeout=10)
+    assert dispatcher.worker_ids == {}
