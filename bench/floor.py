@@ -7,11 +7,11 @@ from __future__ import annotations
 import multiprocessing
 import time
 
-import redis
 import zmq
 
 from bench import stats
 from bench.httpclient import Connection
+from functions.taskstore import TaskStore
 from functions.transport import Transport
 from scripts.redis_server import free_port
 
@@ -30,11 +30,11 @@ def timed(call, samples: int) -> dict:
 
 
 def redis_ping(url: str, samples: int) -> dict:
-    client = redis.Redis.from_url(url)
+    store = TaskStore.connect(url)
     try:
-        return timed(client.ping, samples)
+        return timed(store.ping, samples)
     finally:
-        client.close()
+        store.close()
 
 
 def _echo(port: int, count: int) -> None:

@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import dill
-import redis
 
 from bench import procstat
 from bench.httpclient import Connection
-from functions import mirror
+from functions.taskstore import QueueDepth, TaskStore
 from scripts.redis_server import RedisServer, free_port
 from scripts.stack import REPO, Proc, Stack, endpoint_of
 from scripts.waiting import wait_until
+from workers.protocol import FINAL_STATUSES
 from workers.serialization import encode, serialize
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class BenchPlatform:
     urls: dict[str, str] = field(default_factory=dict)
     redis_server: RedisServer | None = None
     stack: Stack | None = None
-    r: redis.Redis | None = None
+    r: TaskStore | None = None
     functions: dict[str, str] = field(default_factory=dict)
 
     # --- whole-platform lifecycle ------------------------------------------------------------
@@ -80,7 +80,7 @@ class BenchPlatform:
         self.stack = Stack(redis_url=self.redis_server.url, database_url=f"sqlite:///{database}", workdir=logs)
         self.stack.extra_env = {"FAAS_LOG_LEVEL": "WARNING", "FAAS_BENCH_PROFILE_DIR": str(self.out / "profile")}
         self.migrate()
-        self.r = redis.Redis.from_url(self.redis_server.url)
+        self.r = TaskStore.connect(self.redis_server.url)
         waits = [self.start_gunicorn(wait=False)]
         if daphne:
             waits.append(self.start_daphne(wait=False))
@@ -168,20 +168,20 @@ class BenchPlatform:
         return body["task_ids"]
 
     def statuses(self, task_ids: list[str]) -> list[str | None]:
-        return mirror.task_statuses(self.r, task_ids)
+        return self.r.statuses(task_ids)
 
     def wait_final(self, task_ids: list[str], timeout: float) -> bool:
         """Poll the Redis mirror (cheaply, for setup and warm-up only) until every task is final."""
         left = list(task_ids)
         end = time.monotonic() + timeout
         while left and time.monotonic() < end:
-            left = [t for t, s in zip(left, self.statuses(left)) if s not in mirror.FINAL]
+            left = [t for t, s in zip(left, self.statuses(left)) if s not in FINAL_STATUSES]
             if left:
                 time.sleep(0.02)
         return not left
 
-    def queue_depth(self) -> mirror.QueueDepth:
-        return mirror.queue_depth(self.r)
+    def queue_depth(self) -> QueueDepth:
+        return self.r.queue_depth()
 
     # --- one dispatcher setup at a time ------------------------------------------------------
 

@@ -15,11 +15,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis
-
 from bench import stats
 from bench.httpclient import Connection
-from functions import mirror
+from functions.taskstore import TaskStore
 
 TIMESTAMPS = ("received_at", "queued_at", "dispatched_at", "started_at", "finished_at", "stored_at")
 
@@ -28,23 +26,22 @@ class CompletionWatcher:
     """Records, for every task that reaches a final state, when this process heard of it."""
 
     def __init__(self, redis_url: str):
-        self.client = redis.Redis.from_url(redis_url)
-        self.pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        self.pubsub.psubscribe(mirror.done_channel("*"))
+        self.store = TaskStore.connect(redis_url)
+        self.listener = self.store.done_listener()
+        self.listener.watch_all()
         self.seen: dict[str, float] = {}
         self.changed = threading.Condition()
         self.stopping = False
-        self.prefix = len(mirror.done_channel(""))
         self.thread = threading.Thread(target=self._listen, name="completion-watcher", daemon=True)
         self.thread.start()
 
     def _listen(self) -> None:
         while not self.stopping:
-            message = self.pubsub.get_message(timeout=0.1)
+            message = self.listener.next(timeout=0.1)
             if message is None:
                 continue
             now = time.time()
-            task_id = message["channel"][self.prefix:].decode()
+            task_id = message[0]
             with self.changed:
                 self.seen.setdefault(task_id, now)
                 self.changed.notify_all()
@@ -78,8 +75,8 @@ class CompletionWatcher:
     def close(self) -> None:
         self.stopping = True
         self.thread.join(2)
-        self.pubsub.close()
-        self.client.close()
+        self.listener.close()
+        self.store.close()
 
 
 @dataclass
@@ -168,19 +165,14 @@ def submit_batches(url: str, submit: Callable[[Connection, list[str]], list[str]
     return done
 
 
-def read_hashes(r: redis.Redis, task_ids: list[str], chunk: int = 2000) -> list[dict]:
-    """Status and timestamps of each task from its Redis hash (floats; None where missing)."""
-    fields = ("status", *TIMESTAMPS)
+def read_hashes(store: TaskStore, task_ids: list[str]) -> list[dict]:
+    """Status and timestamps of each task from its Redis record (floats; None where missing)."""
     rows = []
-    for start in range(0, len(task_ids), chunk):
-        pipe = r.pipeline(transaction=False)
-        for task_id in task_ids[start:start + chunk]:
-            pipe.hmget(mirror.task_key(task_id), fields)
-        for values in pipe.execute():
-            row = {"status": values[0].decode() if values[0] else None}
-            for name, value in zip(TIMESTAMPS, values[1:]):
-                row[name] = float(value) if value not in (None, b"") else None
-            rows.append(row)
+    for values in store.fields(task_ids, ("status", *TIMESTAMPS)):
+        row = {"status": values[0].decode() if values[0] else None}
+        for name, value in zip(TIMESTAMPS, values[1:]):
+            row[name] = float(value) if value not in (None, b"") else None
+        rows.append(row)
     return rows
 
 

@@ -50,7 +50,7 @@ class LocalDispatcher(Dispatcher):
     def collect(self) -> None:
         results = self.pool.collect()
         if results:
-            self.complete(results)
+            self.accept_results(results)
             self.worker_state(self.identity, busy=self.pool.busy)
 
     def next_tick(self, now: float) -> float:

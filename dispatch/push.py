@@ -21,8 +21,8 @@ class PushDispatcher(RemoteDispatcher):
             entry = self.table.pick()
             if entry is None:
                 break
-            entry.untracked_busy += 1  # counted as busy while planning; assign() makes it real
+            entry.planned += 1  # counted as busy while planning; assign() makes it real
             batches.setdefault(entry.identity, (entry, []))[1].append(task)
         for entry, batch in batches.values():
-            entry.untracked_busy -= len(batch)
+            entry.planned -= len(batch)
         return list(batches.values())

@@ -117,21 +117,31 @@ class RemoteDispatcher(Dispatcher):
     def register(self, identity: bytes, info: protocol.WorkerInfo, now: float) -> WorkerEntry:
         self.asked.pop(identity, None)
         entry, missing = self.table.register(identity, info, now)
-        if missing:
-            self.lose(missing, "worker restarted while running the task")
+        if missing:  # the same worker process does not have them: they never reached it
+            self.requeue(missing, count_attempt=False)
+            log.warning("worker %s re-registered without %d task(s) sent to it; re-queued them",
+                        entry.name, len(missing))
         self.worker_seen(entry.name, info, busy=info.busy)
         log.info("worker %s registered with %d processes (%d busy)", entry.name, info.processes, info.busy)
         self.backlog = True
         return entry
 
     def on_results(self, identity: bytes, results: tuple, free: int, known: bool) -> None:
+        """Results count only from the worker that holds each task now; anything else (a
+        forged frame, a worker that lost the task to a retry elsewhere) is dropped and logged."""
+        accepted = []
         for result in results:
-            self.table.release(result.task_id, identity)
+            if self.table.holds(identity, result.task_id):
+                self.table.release(result.task_id, identity)
+                accepted.append(result)
+            else:
+                log.warning("dropped a result for task %s from %r, which does not hold it",
+                            result.task_id[:64], identity[:64])
         entry = self.table.get(identity)
         if entry is not None:
             entry.credit += free
             self.worker_state(entry.name, busy=entry.busy, last_heartbeat=time.time())
-        self.complete(list(results))
+        self.accept_results(accepted)
         self.backlog = True
 
     def worker_lost(self, identity: bytes, reason: str) -> None:
@@ -185,6 +195,10 @@ class RemoteDispatcher(Dispatcher):
         holder = self.table.holder.get(task_id)
         if holder is not None:
             self.deliver(holder, protocol.Cancel((task_id,)))
+
+    def adopt(self, task_id: str) -> str | None:
+        entry = self.table.adopt(task_id)
+        return entry.name if entry is not None else None
 
     def on_overdue(self, task_id: str, identity: str | None) -> None:
         self.cancel_running(task_id, identity)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from functions import mirror
+from functions.taskstore import QueuedTask
 
 FUNCTION_CACHE_BYTES = 64 * 1024 * 1024  # function payloads kept in memory
 
@@ -38,7 +38,7 @@ class FunctionCache:
 class InFlight:
     """A task this dispatcher claimed and has not yet seen finish."""
 
-    queued: mirror.QueuedTask
+    queued: QueuedTask
     entry_id: bytes
     worker: str | None = None  # identity of the worker holding it
     deadline: float | None = None  # monotonic; the dispatcher's own backstop

@@ -18,7 +18,8 @@ class WorkerEntry:
     expiry: float  # monotonic time after which the worker is dead
     tasks: set[str] = field(default_factory=set)
     credit: int = 0  # pull: tasks the worker asked for and has not been sent
-    untracked_busy: int = 0  # processes busy with tasks sent before a reconnect
+    adopted: set[str] = field(default_factory=set)  # tasks it reported holding that we did not send it
+    planned: int = 0  # push: tasks chosen for it while planning one hand-out
     draining: bool = False
 
     @property
@@ -27,7 +28,7 @@ class WorkerEntry:
 
     @property
     def busy(self) -> int:
-        return len(self.tasks) + self.untracked_busy
+        return len(self.tasks) + len(self.adopted) + self.planned
 
     @property
     def free(self) -> int:
@@ -40,12 +41,6 @@ class WorkerTable:
         self.workers: dict[bytes, WorkerEntry] = {}
         self.holder: dict[str, bytes] = {}  # task_id -> identity
 
-    def __contains__(self, identity: bytes) -> bool:
-        return identity in self.workers
-
-    def __len__(self) -> int:
-        return len(self.workers)
-
     def get(self, identity: bytes) -> WorkerEntry | None:
         return self.workers.get(identity)
 
@@ -55,7 +50,7 @@ class WorkerTable:
         old = self.remove(identity)
         reported = set(info.holding)
         ours = old.tasks if old else set()
-        entry = WorkerEntry(identity, info, now + self.ttl, untracked_busy=len(reported - ours))
+        entry = WorkerEntry(identity, info, now + self.ttl, adopted=reported - ours)
         self.workers[identity] = entry
         for task_id in ours & reported:
             entry.tasks.add(task_id)
@@ -87,17 +82,30 @@ class WorkerTable:
         entry.credit = max(0, entry.credit - 1)
         self.holder[task_id] = identity
 
+    def holds(self, identity: bytes, task_id: str) -> bool:
+        """Whether `identity` is the worker that holds `task_id` now: the only one whose result counts."""
+        entry = self.workers.get(identity)
+        return entry is not None and (task_id in entry.tasks or task_id in entry.adopted)
+
+    def adopt(self, task_id: str) -> WorkerEntry | None:
+        """A task taken over from a dead dispatcher that a registered worker reports running:
+        it becomes ours, held by that worker, instead of counting as lost."""
+        for entry in self.workers.values():
+            if task_id in entry.adopted:
+                entry.adopted.discard(task_id)
+                entry.tasks.add(task_id)
+                self.holder[task_id] = entry.identity
+                return entry
+        return None
+
     def release(self, task_id: str, identity: bytes | None = None) -> WorkerEntry | None:
-        """A task finished or was lost; frees its process. An unknown task from `identity`
-        frees one of the processes it was busy with before a reconnect."""
+        """A task finished or was lost; frees its process."""
         holder = self.holder.pop(task_id, None)
         entry = self.workers.get(holder if holder is not None else identity)
         if entry is None:
             return None
-        if task_id in entry.tasks:
-            entry.tasks.discard(task_id)
-        elif entry.untracked_busy:
-            entry.untracked_busy -= 1
+        entry.tasks.discard(task_id)
+        entry.adopted.discard(task_id)
         return entry
 
     def available(self) -> list[WorkerEntry]:

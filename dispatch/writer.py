@@ -1,42 +1,61 @@
-"""The dispatcher's database writer: a thread that applies the batched state changes, so a
-busy or slow database never stalls dispatching.
+"""The dispatcher's database writer: a thread that applies state changes in batches, so a
+busy or slow database never stalls dispatching, and SQLite is never hit once per message.
 
-With SQLite the web servers hold the write lock for every submit; a dispatcher that waited
-for it in its own loop (SQLite's busy handler sleeps up to 100 ms between tries) left
-queued tasks waiting for hundreds of milliseconds under load. The loop now only appends
-to an inbox; the thread drains it every `interval` seconds into PendingWrites and writes.
-Redis already holds every state, so a late database write changes nothing clients see.
+The loop only appends to an inbox, in the order things happened. The thread drains it every
+`interval` seconds and writes: worker rows (folded per worker, in order, so a worker that
+was lost and came back is shown alive), then RUNNING marks, then final states. A task's
+stream entry is acknowledged only once its final state is committed, so a dispatcher killed
+in between leaves the entry pending, and whoever reclaims it copies the final state from
+Redis instead of losing it. Where the database already held another final state, the
+database wins and Redis is repaired from it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections import Counter
+from collections import defaultdict
 
+import redis
 from django.db import DatabaseError, IntegrityError, connection
 
-from dispatch.batch import PendingWrites
-from functions import services
+from functions import taskrows
+from functions.taskrows import Settled
+from workers.protocol import Result
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER = 1.0  # seconds before a batch the database refused is tried again
 MIN_INTERVAL = 0.005  # seconds: an interval of 0 means "as soon as possible", not a spinning thread
+ORPHAN_PATIENCE = 30.0  # seconds to keep retrying a final state whose row has not appeared
+
+
+@dataclasses.dataclass
+class _WorkerChange:
+    create: bool = False  # the worker (re)registered: create or revive its row
+    fields: dict = dataclasses.field(default_factory=dict)
+    done: int = 0
 
 
 class DatabaseWriter:
-    def __init__(self, interval: float, clock=time.monotonic):
+    def __init__(self, interval: float, store, dispatcher: str, result_ttl: int, clock=time.monotonic):
         self.interval = interval
+        self.store = store
+        self.dispatcher = dispatcher
+        self.result_ttl = result_ttl
         self.clock = clock
-        self.pending = PendingWrites()  # the thread's own: never touched by the loop
-        self.lock = threading.Lock()  # guards the inbox below
-        self.running: list[tuple[str, int | None, int, float]] = []
-        self.outcomes: list[services.Outcome] = []
-        self.worker_state: dict[int, dict] = {}
-        self.worker_done: Counter[int] = Counter()
-        self.links_broken = threading.Event()  # the database refused a batch for its worker links
+        self.lock = threading.Lock()  # guards the inbox
+        self.inbox: list[tuple] = []
+        # the thread's own state, never touched by the loop
+        self.worker_ids: dict[str, int] = {}
+        self.outcomes: list[Settled] = []
+        self.first_missed: dict[str, float] = {}
+        self.unacked: list[bytes] = []
+        self.workers: dict[str, _WorkerChange] = {}
+        self.running: dict[tuple[str | None, int], list[str]] = defaultdict(list)
+        self.running_at: dict[tuple[str | None, int], float] = {}
         self.wake = threading.Event()
         self.idle = threading.Condition()
         self.requested = self.completed = 0  # flush requests, and how many the thread has served
@@ -48,20 +67,26 @@ class DatabaseWriter:
     def start(self) -> None:
         self.thread.start()
 
-    def mark_running(self, task_id: str, worker_id: int | None, attempt: int, at: float) -> None:
+    def _put(self, *event) -> None:
         with self.lock:
-            self.running.append((task_id, worker_id, attempt, at))
+            self.inbox.append(event)
 
-    def finish(self, outcome: services.Outcome) -> None:
-        with self.lock:
-            self.outcomes.append(outcome)
+    def mark_running(self, task_id: str, worker: str | None, attempt: int, at: float) -> None:
+        self._put("running", task_id, worker, attempt, at)
 
-    def workers(self, state: dict[int, dict], done: dict[int, int]) -> None:
-        """Heartbeat and busy changes, and tasks done, per Worker row id."""
-        with self.lock:
-            for worker_id, fields in state.items():
-                self.worker_state.setdefault(worker_id, {}).update(fields)
-            self.worker_done.update(done)
+    def finish(self, result: Result, worker: str | None, attempt: int, entry_id: bytes | None) -> None:
+        self._put("finish", result, worker, attempt, entry_id)
+
+    def forget(self, entry_ids: list[bytes]) -> None:
+        """Entries to acknowledge once what came before them is written."""
+        if entry_ids:
+            self._put("forget", list(entry_ids))
+
+    def worker_seen(self, identity: str, **fields) -> None:
+        self._put("worker", identity, True, fields, 0)
+
+    def worker_state(self, identity: str, done: int = 0, **fields) -> None:
+        self._put("worker", identity, False, fields, done)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Write everything handed over so far, and wait until it is written (or given up
@@ -91,7 +116,7 @@ class DatabaseWriter:
                     serving = self.requested
                 try:
                     self.write_once()
-                except Exception:  # a bug must not end the thread: the batch stays for the next try
+                except Exception:  # a bug must not end the thread: what is kept is tried again
                     log.exception("writing to the database failed; will retry")
                     self.wake.wait(RETRY_AFTER)
                 with self.idle:
@@ -102,37 +127,104 @@ class DatabaseWriter:
 
     def write_once(self) -> None:
         with self.lock:
-            running, self.running = self.running, []
-            outcomes, self.outcomes = self.outcomes, []
-            state, self.worker_state = self.worker_state, {}
-            done, self.worker_done = self.worker_done, Counter()
-        for task_id, worker_id, attempt, at in running:
-            self.pending.mark_running(task_id, worker_id, attempt, at)
-        for outcome in outcomes:
-            self.pending.finish(outcome)
-        if len(self.pending):
+            events, self.inbox = self.inbox, []
+        workers, running, running_at = self.workers, self.running, self.running_at
+        for event in events:
+            kind = event[0]
+            if kind == "worker":
+                _, identity, create, fields, done = event
+                change = workers.setdefault(identity, _WorkerChange())
+                if create:
+                    change.create, change.fields = True, dict(fields)
+                else:
+                    change.fields.update(fields)
+                change.done += done
+            elif kind == "running":
+                _, task_id, worker, attempt, at = event
+                running[(worker, attempt)].append(task_id)
+                running_at.setdefault((worker, attempt), at)
+            elif kind == "finish":
+                _, result, worker, attempt, entry_id = event
+                self.outcomes.append(("pending", result, worker, attempt, entry_id))
+            else:
+                self.unacked.extend(event[1])
+        try:  # each step clears what it wrote; anything left is tried again next time
+            self.write_workers(workers, created=True)
             self.write_tasks()
-        if state or done:
-            self.write_workers(state, done)
+            self.write_workers(workers, created=False)
+        except DatabaseError:
+            log.exception("database unavailable; keeping the batch for the next try")
+            self.wake.wait(RETRY_AFTER)
+        self.acknowledge()
+
+    def write_workers(self, workers: dict[str, _WorkerChange], created: bool) -> None:
+        for identity, change in list(workers.items()):
+            if change.create != created:
+                continue
+            if created:
+                self.worker_ids[identity] = taskrows.worker_upsert(identity, change.fields)
+                if change.done:
+                    taskrows.worker_update(self.worker_ids[identity], {}, change.done)
+            elif identity in self.worker_ids:
+                taskrows.worker_update(self.worker_ids[identity], change.fields, change.done)
+            del workers[identity]
 
     def write_tasks(self) -> None:
-        """Apply the batch; a database outage keeps it for the next try."""
+        settled = [o if isinstance(o, Settled) else Settled(o[1], self.worker_ids.get(o[2]), o[3], o[4])
+                   for o in self.outcomes]
+        self.outcomes = settled
+        finished = {s.result.task_id for s in settled}
         try:
-            self.pending.flush(self.clock())
+            for (worker, attempt), ids in list(self.running.items()):
+                ids = [t for t in ids if t not in finished]
+                if ids:
+                    taskrows.mark_running(task_ids=ids, worker_id=self.worker_ids.get(worker), attempts=attempt,
+                                          dispatched_at=taskrows.from_timestamp(self.running_at[(worker, attempt)]),
+                                          dispatcher=self.dispatcher)
+                del self.running[(worker, attempt)]
+                del self.running_at[(worker, attempt)]
+            report = taskrows.finish(settled)
         except IntegrityError:  # e.g. an operator deleted a Worker row we still point at
             log.exception("database rejected the batch; retrying it without worker links")
-            self.pending.forget_workers()
-            self.links_broken.set()
-        except DatabaseError:
-            log.exception("database unavailable; keeping %d write(s) for the next try", len(self.pending))
-            self.wake.wait(RETRY_AFTER)
+            self.worker_ids.clear()
+            self.outcomes = [dataclasses.replace(s, worker_id=None) for s in settled]
+            raise
+        self.unacked += [s.entry_id for s in report.written + report.overruled if s.entry_id]
+        if report.overruled:
+            self.repair([s.result.task_id for s in report.overruled])
+        self.outcomes = self.hold_back(report.absent)
 
-    def write_workers(self, state: dict[int, dict], done: Counter[int]) -> None:
+    def repair(self, task_ids: list[str]) -> None:
+        """Redis follows the database where they disagree on a final state."""
+        states = taskrows.final_states(task_ids)
+        log.warning("%d task(s) already had another final state in the database; Redis repaired from it",
+                    len(states))
         try:
-            services.workers_update(state, done)
-        except DatabaseError:
-            log.exception("could not record worker state; will retry")
-            with self.lock:  # back into the inbox, under anything newer
-                for worker_id, fields in state.items():
-                    self.worker_state[worker_id] = {**fields, **self.worker_state.get(worker_id, {})}
-                self.worker_done.update(done)
+            self.store.repair(states, self.result_ttl)
+        except redis.RedisError as exc:
+            log.warning("could not repair Redis (%s); the next reconciliation will", exc)
+
+    def hold_back(self, absent: list[Settled]) -> list[Settled]:
+        """Outcomes to retry: those whose row may still appear, for at most ORPHAN_PATIENCE s."""
+        now = self.clock()
+        kept = []
+        for s in absent:
+            first = self.first_missed.setdefault(s.result.task_id, now)
+            if now - first < ORPHAN_PATIENCE:
+                kept.append(s)
+            else:
+                log.warning("task %s has no database row; its final state lives only in Redis", s.result.task_id)
+                if s.entry_id:
+                    self.unacked.append(s.entry_id)
+        kept_ids = {s.result.task_id for s in kept}
+        self.first_missed = {t: at for t, at in self.first_missed.items() if t in kept_ids}
+        return kept
+
+    def acknowledge(self) -> None:
+        if not self.unacked:
+            return
+        try:
+            self.store.forget(self.unacked)
+            self.unacked = []
+        except redis.RedisError as exc:  # kept: acknowledged once Redis answers again
+            log.warning("could not acknowledge %d entries yet: %s", len(self.unacked), exc)

@@ -8,14 +8,15 @@ from django.conf import settings
 from django.contrib.admin import helpers
 from django.template.response import TemplateResponse
 
-from functions import dashboard, mirror
+from functions import dashboard
 from functions.models import Task
+from functions.taskstore import store_for
 
 
 def dashboard_view(request, admin_site) -> TemplateResponse:
     """The first paint is rendered here from the same snapshot the websocket sends on
     connect, so the page is right before its script runs and after every reconnect."""
-    state = dashboard.snapshot(mirror.client(settings.REDIS_URL))
+    state = dashboard.snapshot(store_for(settings.REDIS_URL))
     context = {
         **admin_site.each_context(request),
         "title": "Live dashboard",
@@ -30,13 +31,13 @@ def dashboard_view(request, admin_site) -> TemplateResponse:
 
 def purge_confirmation(request, modeladmin) -> TemplateResponse:
     """Ask before purging, showing what would go; the form re-posts the action with post=yes."""
-    r = mirror.client(settings.REDIS_URL)
+    r = store_for(settings.REDIS_URL)
     context = {
         **modeladmin.admin_site.each_context(request),
         "title": "Purge the task queue?",
         "opts": modeladmin.model._meta,
         "queued": Task.objects.filter(status=Task.Status.QUEUED).count(),
-        "depth": mirror.queue_depth(r),
+        "depth": r.queue_depth(),
         "selected": request.POST.getlist(helpers.ACTION_CHECKBOX_NAME),
         "select_across": request.POST.get("select_across", "0"),
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,

@@ -8,7 +8,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from functions import dashboard, mirror
+from functions import dashboard
+from functions.taskstore import store_for
 
 SNAPSHOT_MIN_INTERVAL = 2.0  # seconds between snapshots one page may ask for
 
@@ -19,7 +20,7 @@ def is_staff(user) -> bool:
 
 @database_sync_to_async
 def build_snapshot() -> dict:
-    return dashboard.snapshot(mirror.client(settings.REDIS_URL))
+    return dashboard.snapshot(store_for(settings.REDIS_URL))
 
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):

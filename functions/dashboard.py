@@ -17,8 +17,8 @@ from collections.abc import Callable
 from django.db.models import Count
 from django.db.models.functions import Substr
 
-from functions import mirror
 from functions.models import Function, Task, Worker
+from functions.taskstore import TaskStore, store_for
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def status_counts() -> dict[str, int]:
     return counts
 
 
-def latest_tasks(r, limit: int = RECENT_TASKS) -> list[dict]:
+def latest_tasks(store: TaskStore, limit: int = RECENT_TASKS) -> list[dict]:
     """The newest tasks with the mirror's status (fresher than the batched database writes).
 
     Names are looked up separately rather than joined, so the planner always walks the
@@ -55,7 +55,7 @@ def latest_tasks(r, limit: int = RECENT_TASKS) -> list[dict]:
     names = dict(Function.objects.filter(id__in={row["function_id"] for row in rows}).values_list("id", "name"))
     workers = dict(Worker.objects.filter(id__in={row["worker_id"] for row in rows} - {None})
                    .values_list("id", "identity"))
-    statuses = mirror.task_statuses(r, [str(row["id"]) for row in rows]) if rows else []
+    statuses = store.statuses([str(row["id"]) for row in rows]) if rows else []
     return [task_row(row, names, workers, status) for row, status in zip(rows, statuses)]
 
 
@@ -88,23 +88,23 @@ def epoch(value) -> float | None:
     return None if value is None else value.timestamp()
 
 
-def queue_state(r) -> dict:
-    depth = mirror.queue_depth(r)
+def queue_state(store: TaskStore) -> dict:
+    depth = store.queue_depth()
     return {"waiting": depth.waiting, "in_flight": depth.pending, "length": depth.length}
 
 
-def summary(r) -> dict:
+def summary(store: TaskStore) -> dict:
     """What every update refreshes: counts, queue depth, the newest tasks, recent throughput."""
     now = time.time()
-    return {"counts": status_counts(), "queue": queue_state(r), "latest": latest_tasks(r),
-            "throughput": series(mirror.throughput_tail(r, TAIL_SECONDS, now))}
+    return {"counts": status_counts(), "queue": queue_state(store), "latest": latest_tasks(store),
+            "throughput": series(store.throughput_tail(TAIL_SECONDS, now))}
 
 
-def snapshot(r) -> dict:
+def snapshot(store: TaskStore) -> dict:
     """The page's starting state: the summary, the full throughput chart, and every worker."""
-    state = summary(r)
+    state = summary(store)
     state.update(type="snapshot", at=time.time(), workers=worker_rows(),
-                 throughput=series(mirror.throughput(r, window=CHART_SECONDS)))
+                 throughput=series(store.throughput(window=CHART_SECONDS)))
     return state
 
 
@@ -242,7 +242,7 @@ def default_summarize() -> Callable[[], dict]:
     from django.conf import settings
     from django.db import close_old_connections
 
-    r = mirror.client(settings.REDIS_URL)
+    r = store_for(settings.REDIS_URL)
 
     def summarize() -> dict:
         close_old_connections()

@@ -42,6 +42,8 @@ class Task(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     timeout = models.FloatField(null=True, blank=True, help_text="deadline in seconds; empty means the dispatcher's")
     worker = models.ForeignKey("Worker", null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
+    dispatcher = models.CharField(max_length=200, blank=True, default="",
+                                  help_text="the dispatcher holding the task while it runs (its consumer name)")
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)

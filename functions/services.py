@@ -7,7 +7,6 @@ and an acknowledged task is both durable and queued.
 
 from __future__ import annotations
 
-import datetime
 import threading
 import time
 import uuid
@@ -15,16 +14,16 @@ from dataclasses import dataclass
 
 import redis
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Q
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from functions import mirror
 from functions.groupcommit import GroupInsert
 from functions.models import Function, Task, Worker
+from functions.taskrows import UNFINISHED, queue_entry
+from functions.taskstore import TaskStore, store_for
 from workers import serialization
 from workers.exceptions import WorkerFailureException
-from workers.protocol import TaskStatus
+from workers.protocol import FINAL_STATUSES, Result, TaskStatus
 
 
 class NotFound(Exception):
@@ -35,8 +34,9 @@ class NotCancellable(Exception):
     """Raised when a task has already reached a final state."""
 
 
-def redis_client():
-    return mirror.client(settings.REDIS_URL)
+def task_store() -> TaskStore:
+    """This process's task store (one connection pool per process)."""
+    return store_for(settings.REDIS_URL)
 
 
 def owner_key(user) -> str:
@@ -60,9 +60,7 @@ def function_register(*, owner, name: str, payload: bytes) -> Function:
     with transaction.atomic():
         function = Function.objects.create(owner=_owner(owner), name=name, payload=payload,
                                            payload_size=len(payload))
-        pipe = redis_client().pipeline(transaction=False)
-        mirror.put_function(pipe, function.id, owner_key(owner), payload)
-        pipe.execute()
+        task_store().put_function(function.id, owner_key(owner), payload)
     return function
 
 
@@ -103,13 +101,13 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
     the error reaches the client, so nothing unacknowledged ever runs to completion."""
     tasks = [Task(owner=_owner(owner), function=function, payload=p, payload_size=len(p),
                   timeout=timeout, retry_of=retry_of) for p in payloads]
-    queued = [_queue_entry(t.id, function.id, t.owner_id, p, timeout) for t, p in zip(tasks, payloads)]
-    r = redis_client()
-    mirror.enqueue(r, queued, received_at)
+    queued = [queue_entry(t.id, function.id, t.owner_id, p, timeout) for t, p in zip(tasks, payloads)]
+    store = task_store()
+    store.enqueue(queued, received_at)
     try:
         _task_rows.insert(tasks)
     except Exception as exc:
-        _abandon(r, [t.task_id for t in queued])
+        _abandon(store, [t.task_id for t in queued])
         if isinstance(exc, IntegrityError):  # the function was deleted a moment ago
             _function_owners.pop(function.id, None)
             raise NotFound(f"No function with id {function.id}.") from None
@@ -117,21 +115,15 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
     return tasks
 
 
-def _queue_entry(task_id, function_id, owner_id: int | None, payload, timeout: float | None,
-                 attempt: int = 1) -> mirror.QueuedTask:
-    """What Redis queues for one task row (owner as `owner_key` writes it)."""
-    return mirror.QueuedTask(str(task_id), str(function_id), "" if owner_id is None else str(owner_id),
-                             bytes(payload), timeout, attempt)
+def _failure(task_id, reason: str) -> Result:
+    """A FAILED result the web decides (cancel, purge, a submit that could not be recorded)."""
+    return Result(str(task_id), TaskStatus.FAILED.value, serialization.dumps(WorkerFailureException(reason)),
+                  f"WorkerFailureException: {reason}", None, time.time())
 
 
-def _abandon(r, task_ids: list[str]) -> None:
+def _abandon(store: TaskStore, task_ids: list[str]) -> None:
     """Fail tasks whose database row could not be written (their submit answered an error)."""
-    result = serialization.dumps(WorkerFailureException("the task could not be recorded"))
-    pipe = r.pipeline(transaction=False)
-    for task_id in task_ids:
-        mirror.finish(pipe, task_id, TaskStatus.FAILED.value, result,
-                      "WorkerFailureException: the task could not be recorded", settings.FAAS_RESULT_TTL)
-    mirror.execute(pipe, raise_on_error=True)
+    store.finish([_failure(t, "the task could not be recorded") for t in task_ids], settings.FAAS_RESULT_TTL)
 
 
 def task_submit(*, owner, function: Function, payload: bytes, timeout: float | None = None,
@@ -153,54 +145,55 @@ class TaskView:
 def task_view(*, owner, task_id) -> TaskView:
     """The caller's task from the Redis mirror, falling back to the database."""
     tid = parse_uuid(task_id)
-    data = mirror.read_task(redis_client(), tid)
+    data = task_store().read(tid)
     if data is not None and "status" in data:
         if data.get("owner", b"").decode() != owner_key(owner):
             raise NotFound(f"No task with id {tid}.")
         status = data["status"].decode()
-        result = data.get("result") if status in mirror.FINAL else None
+        result = data.get("result") if status in FINAL_STATUSES else None
         return TaskView(str(tid), status, result, data.get("error", b"").decode())
     row = (Task.objects.filter(id=tid, owner=_owner(owner))
            .values_list("status", "result", "error").first())
     if row is None:
         raise NotFound(f"No task with id {tid}.")
     status, result, error = row
-    return TaskView(str(tid), status, bytes(result) if result is not None and status in mirror.FINAL else None,
+    return TaskView(str(tid), status, bytes(result) if result is not None and status in FINAL_STATUSES else None,
                     error or "")
 
 
 def task_cancel(*, task: Task, reason: str = "cancelled", queued_only: bool = False) -> None:
     """Fail a task as cancelled: a QUEUED one never runs, a RUNNING one has its process
     stopped (unless `queued_only`). Redis decides, atomically, whether it was still unfinished."""
-    r = redis_client()
-    result = serialization.dumps(WorkerFailureException(reason))
-    error = f"WorkerFailureException: {reason}"
-    changed = mirror.finish(r, task.id, TaskStatus.FAILED.value, result, error, settings.FAAS_RESULT_TTL,
-                            only_if=TaskStatus.QUEUED.value if queued_only else "", finished_at=repr(time.time()))
+    store = task_store()
+    failure = _failure(task.id, reason)
+    [changed] = store.finish([failure], settings.FAAS_RESULT_TTL,
+                             only_if=TaskStatus.QUEUED.value if queued_only else "")
     if not changed:
         raise NotCancellable(f"Task {task.id} has already {'started' if queued_only else 'finished'}.")
-    Task.objects.filter(id=task.id).update(status=TaskStatus.FAILED, result=result, result_size=len(result),
-                                           error=error, finished_at=timezone.now())
-    mirror.send_control(r, "cancel", task_id=str(task.id))
+    Task.objects.filter(id=task.id, status__in=UNFINISHED).update(
+        status=TaskStatus.FAILED, result=failure.result, result_size=len(failure.result), error=failure.error,
+        finished_at=timezone.now())
+    store.send_control("cancel", task_id=str(task.id))
 
 
 def task_retry(*, task: Task) -> Task:
     """Run a finished task again as a new task linked to the old one."""
-    if task.status not in mirror.FINAL:
+    if task.status not in FINAL_STATUSES:
         raise NotCancellable(f"Task {task.id} has not finished; only finished tasks can be retried.")
     return task_submit_batch(owner=task.owner, function=task.function, payloads=[bytes(task.payload)],
                              timeout=task.timeout, retry_of=task)[0]
 
 
-_local = threading.local()  # one pub/sub connection per server thread, kept between long-polls
+_local = threading.local()  # one done-listener per server thread, kept between long-polls
 
 
-def _thread_pubsub():
-    r = redis_client()
-    pubsub = getattr(_local, "pubsub", None)
-    if pubsub is None or pubsub.connection_pool is not r.connection_pool:
-        pubsub = _local.pubsub = r.pubsub(ignore_subscribe_messages=True)
-    return pubsub
+def _thread_listener():
+    store = task_store()
+    listener = getattr(_local, "listener", None)
+    if listener is None or getattr(_local, "store", None) is not store:
+        listener = _local.listener = store.done_listener()
+        _local.store = store
+    return listener
 
 
 def task_wait(*, owner, task_id, timeout: float) -> TaskView:
@@ -210,25 +203,24 @@ def task_wait(*, owner, task_id, timeout: float) -> TaskView:
     tid = parse_uuid(task_id)
     if timeout <= 0:
         return task_view(owner=owner, task_id=tid)
-    channel = mirror.done_channel(tid).encode()
-    pubsub = _thread_pubsub()
+    listener = _thread_listener()
     try:
-        pubsub.subscribe(channel)
+        listener.watch([str(tid)])
         view = task_view(owner=owner, task_id=tid)
         deadline = time.monotonic() + timeout
-        while view.status not in mirror.FINAL:
+        while view.status not in FINAL_STATUSES:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            message = pubsub.get_message(timeout=remaining)
-            if message is not None and message["channel"] == channel:  # not a late one for an earlier wait
-                done = mirror.parse_done(message["data"])  # the owner was checked before the wait
+            message = listener.next(remaining)
+            if message is not None and message[0] == str(tid):  # not a late one for an earlier wait
+                done = message[1]  # the owner was checked before the wait
                 view = (TaskView(str(tid), done.status, done.result, done.error) if done
                         else task_view(owner=owner, task_id=tid))
-        pubsub.unsubscribe(channel)
+        listener.unwatch([str(tid)])
     except redis.RedisError:
-        _local.pubsub = None  # a broken connection is not reused
-        pubsub.close()
+        _local.listener = None  # a broken connection is not reused
+        listener.close()
         raise
     return view
 
@@ -241,106 +233,6 @@ def task_get(*, owner, task_id) -> Task:
         raise NotFound(f"No task with id {tid}.") from None
 
 
-# --- dispatcher-side transitions, applied in batches --------------------------------------
-
-def tasks_queued_since(since: datetime.datetime, *, after: tuple | None = None, limit: int = 500) -> list[tuple]:
-    """(created_at, id) of QUEUED rows created since `since`, oldest first, after the
-    (created_at, id) `after`: one page of the database's queue, without payloads."""
-    rows = Task.objects.filter(status=TaskStatus.QUEUED, created_at__gte=since)
-    if after is not None:
-        rows = rows.filter(Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1]))
-    return list(rows.order_by("created_at", "id").values_list("created_at", "id")[:limit])
-
-
-def tasks_to_queue(task_ids: list) -> list[mirror.QueuedTask]:
-    """The queue entries of QUEUED rows, rebuilt from the database (payloads included), in
-    the order of `task_ids`."""
-    rows = Task.objects.filter(id__in=task_ids, status=TaskStatus.QUEUED).values_list(
-        "id", "function_id", "owner_id", "payload", "timeout", "attempts")
-    found = {str(tid): _queue_entry(tid, fid, owner, payload, timeout, attempts + 1)
-             for tid, fid, owner, payload, timeout, attempts in rows}
-    return [found[str(t)] for t in task_ids if str(t) in found]
-
-
-def tasks_mark_running(*, task_ids: list[str], worker_id: int | None, dispatched_at, attempts: int = 1) -> int:
-    """Record that tasks were handed to a worker; never overwrites a final state (a cancel)."""
-    return (Task.objects.filter(id__in=task_ids, status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING])
-            .update(status=TaskStatus.RUNNING, worker_id=worker_id, dispatched_at=dispatched_at, attempts=attempts))
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A task's final state as the dispatcher records it."""
-
-    task_id: str
-    status: str
-    result: bytes
-    error: str
-    started_at: object = None  # datetime or None
-    finished_at: object = None
-    worker_id: int | None = None
-    attempts: int = 1
-
-
-_OUTCOME_FIELDS = ["status", "result", "result_size", "error", "started_at", "finished_at", "worker", "attempts"]
-
-
-def tasks_finish(outcomes: list[Outcome]) -> list[Outcome]:
-    """Write final states with one prepared UPDATE run for every row (executemany): the
-    Redis script already picked one winner per task. Django's bulk_update builds a CASE per
-    field per row in Python, which cost more than the whole rest of the dispatcher.
-    Returns the outcomes whose row does not exist yet (its insert has not committed)."""
-    if not outcomes:
-        return []
-    meta, qn = Task._meta, connection.ops.quote_name
-    fields = [meta.get_field(name) for name in _OUTCOME_FIELDS]
-    sql = (f"UPDATE {qn(meta.db_table)} SET " + ", ".join(f"{qn(f.column)} = %s" for f in fields)
-           + f" WHERE {qn(meta.pk.column)} = %s")
-    now = timezone.now()
-    rows = []
-    for o in outcomes:
-        values = [o.status, o.result, len(o.result), o.error, o.started_at, o.finished_at or now, o.worker_id,
-                  o.attempts]
-        rows.append([f.get_db_prep_save(v, connection) for f, v in zip(fields, values)]
-                    + [meta.pk.get_db_prep_save(uuid.UUID(o.task_id), connection)])
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.executemany(sql, rows)
-        updated = cursor.rowcount
-    if updated >= len(outcomes):
-        return []
-    present = {str(i) for i in Task.objects.filter(id__in=[o.task_id for o in outcomes]).values_list("id", flat=True)}
-    return [o for o in outcomes if o.task_id not in present]
-
-
-def function_payloads(function_ids: list[str]) -> dict[str, bytes]:
-    """Payloads straight from the database, for a dispatcher whose Redis lost them."""
-    if not function_ids:
-        return {}
-    rows = Function.objects.filter(id__in=function_ids).values_list("id", "payload")
-    return {str(fid): bytes(payload) for fid, payload in rows}
-
-
-def worker_register(*, identity: str, mode: str, hostname: str, pid: int, processes: int) -> int:
-    """Create or revive a worker's row; returns its id."""
-    worker, _ = Worker.objects.update_or_create(identity=identity, defaults={
-        "mode": mode, "hostname": hostname, "pid": pid, "processes": processes, "busy": 0, "alive": True,
-        "draining": False, "last_heartbeat": timezone.now()})
-    return worker.pk
-
-
-def workers_update(states: dict[int, dict], done: dict[int, int] | None = None) -> None:
-    """Apply heartbeat/busy/alive changes and add finished-task counts, one UPDATE per
-    worker (workers are few)."""
-    done = done or {}
-    for worker_id in states.keys() | done.keys():
-        fields = dict(states.get(worker_id, {}))
-        if done.get(worker_id):
-            fields["tasks_done"] = F("tasks_done") + done[worker_id]
-        if "last_heartbeat" in fields and isinstance(fields["last_heartbeat"], float):
-            fields["last_heartbeat"] = datetime.datetime.fromtimestamp(fields["last_heartbeat"], tz=datetime.UTC)
-        Worker.objects.filter(pk=worker_id).update(**fields)
-
-
 # --- operations console: queue-wide and worker actions ------------------------------------
 
 def queue_purge(*, reason: str = "purged from the queue") -> list[str]:
@@ -350,14 +242,13 @@ def queue_purge(*, reason: str = "purged from the queue") -> list[str]:
     database follows in chunks. A row may say RUNNING while Redis says QUEUED (a re-queued
     task), so both states are updated, as in `task_cancel`.
     """
-    error = f"WorkerFailureException: {reason}"
-    result = serialization.dumps(WorkerFailureException(reason))
-    purged = mirror.purge_queued(redis_client(), result, error, settings.FAAS_RESULT_TTL, time.time())
+    failure = _failure("", reason)
+    purged = task_store().purge_queued(failure.result, failure.error, settings.FAAS_RESULT_TTL, time.time())
     finished_at = timezone.now()
     for start in range(0, len(purged), 500):
-        Task.objects.filter(id__in=purged[start:start + 500],
-                            status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING]).update(
-            status=TaskStatus.FAILED, result=result, result_size=len(result), error=error, finished_at=finished_at)
+        Task.objects.filter(id__in=purged[start:start + 500], status__in=UNFINISHED).update(
+            status=TaskStatus.FAILED, result=failure.result, result_size=len(failure.result), error=failure.error,
+            finished_at=finished_at)
     return purged
 
 
@@ -369,5 +260,5 @@ def worker_drain(*, identity: str) -> bool:
     """
     updated = Worker.objects.filter(identity=identity, alive=True).update(draining=True)
     if updated:
-        mirror.send_control(redis_client(), "drain", identity=identity)
+        task_store().send_control("drain", identity=identity)
     return bool(updated)

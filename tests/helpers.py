@@ -2,4 +2,13 @@
 
 from scripts.waiting import wait_until
 
-__all__ = ["wait_until"]
+
+def finish_task(task_id, status: str, result: bytes, error: str = "", ttl: int = 60) -> bool:
+    """Give a task a final state through the store, as a dispatcher would."""
+    from functions import services
+    from workers.protocol import Result
+
+    return services.task_store().finish([Result(str(task_id), status, result, error)], ttl)[0]
+
+
+__all__ = ["finish_task", "wait_until"]

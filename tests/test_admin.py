@@ -9,8 +9,9 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Permission, User
 from django.urls import reverse
 
-from functions import mirror, services
+from functions import services
 from functions.models import Task, Worker
+from functions.taskstore import keys
 from tests import fixtures_functions as ff
 from tests.helpers import wait_until
 from workers import serialization
@@ -37,7 +38,7 @@ def submit(owner, function, n: int = 1) -> list[Task]:
 
 def fail(task: Task, error: str = "ValueError: bad value\nTraceback (most recent call last):\n  File \"x.py\"") -> Task:
     Task.objects.filter(id=task.id).update(status=Task.Status.FAILED, error=error, result=b"r", result_size=1)
-    mirror.client(services.settings.REDIS_URL).hset(mirror.task_key(task.id), "status", "FAILED")
+    services.task_store().redis.hset(keys.task_key(task.id), "status", "FAILED")
     task.refresh_from_db()
     return task
 
@@ -135,7 +136,7 @@ def test_cancel_a_queued_task(admin_client, owner, function):
     other.refresh_from_db()
     assert task.status == "FAILED" and "cancelled by an operator" in task.error
     assert other.status == "QUEUED"
-    assert mirror.read_task(mirror.client(services.settings.REDIS_URL), task.id)["status"] == b"FAILED"
+    assert services.task_store().read(task.id)["status"] == b"FAILED"
     assert logged(task) == ["Cancelled."]
 
 
@@ -150,22 +151,22 @@ def test_cancel_leaves_finished_tasks_alone(admin_client, owner, function):
 def test_retry_a_failed_task_queues_a_linked_new_task(admin_client, owner, function):
     failed = fail(submit(owner, function)[0])
     queued = submit(owner, function)[0]
-    r = mirror.client(services.settings.REDIS_URL)
-    before = r.xlen(mirror.STREAM)
+    r = services.task_store().redis
+    before = r.xlen(keys.STREAM)
     post_action(admin_client, "retry_tasks", [failed, queued])
     retry = Task.objects.get(retry_of=failed)
     assert retry.status == "QUEUED" and retry.owner == owner and bytes(retry.payload) == bytes(failed.payload)
-    assert r.xlen(mirror.STREAM) == before + 1
+    assert r.xlen(keys.STREAM) == before + 1
     assert not Task.objects.filter(retry_of=queued).exists()  # only FAILED tasks are retried
     assert logged(failed) == [f"Retried as task {retry.id}."]
 
 
 def test_purge_asks_first_then_fails_every_queued_task(admin_client, owner, function, monkeypatch):
-    monkeypatch.setattr(mirror, "PURGE_BATCH", 3)  # several script calls
+    monkeypatch.setattr("functions.taskstore.store.PURGE_BATCH", 3)  # several script calls
     tasks = submit(owner, function, 8)
     running = tasks[0]
-    r = mirror.client(services.settings.REDIS_URL)
-    r.hset(mirror.task_key(running.id), "status", "RUNNING")
+    r = services.task_store().redis
+    r.hset(keys.task_key(running.id), "status", "RUNNING")
     Task.objects.filter(id=running.id).update(status="RUNNING")
     confirm = post_action(admin_client, "purge_queue", [tasks[3]])
     assert confirm.status_code == 200 and "Purge the task queue?" in confirm.content.decode()
@@ -175,7 +176,7 @@ def test_purge_asks_first_then_fails_every_queued_task(admin_client, owner, func
     assert done.status_code == 302
     assert Task.objects.filter(status="FAILED", error__contains="purged from the queue").count() == 7
     assert Task.objects.get(id=running.id).status == "RUNNING"
-    assert r.xlen(mirror.STREAM) == 1  # only the running task's entry is left
+    assert r.xlen(keys.STREAM) == 1  # only the running task's entry is left
     assert LogEntry.objects.filter(object_repr="task queue", change_message__contains="7 task(s)").exists()
 
 
@@ -183,7 +184,7 @@ def test_drain_a_worker_sets_the_flag_and_tells_the_dispatchers(admin_client, re
     alive = Worker.objects.create(identity="push-a", mode="push", processes=2)
     dead = Worker.objects.create(identity="push-b", mode="push", processes=2, alive=False)
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(mirror.CONTROL_CHANNEL)
+    pubsub.subscribe(keys.CONTROL_CHANNEL)
     post_action(admin_client, "drain_workers", [alive, dead], url="/admin/functions/worker/")
     alive.refresh_from_db()
     dead.refresh_from_db()

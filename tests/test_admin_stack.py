@@ -7,8 +7,9 @@ import requests
 from django.contrib.auth.models import User
 from django.test import Client
 
-from functions import mirror, services
+from functions import services
 from functions.models import Task
+from functions.taskstore import keys
 from tests import fixtures_functions as ff
 from tests.helpers import wait_until
 from workers.serialization import deserialize, serialize
@@ -78,8 +79,8 @@ def test_a_task_cancelled_while_queued_never_runs(stack, admin, tmp_path):
     assert deserialize(api.result(after)["result"]) == 2, stack.logs()
     assert api.result(waiting, wait=0)["status"] == "FAILED"
     assert not marker.exists()
-    r = mirror.client(services.settings.REDIS_URL)
-    wait_until(lambda: r.xlen(mirror.STREAM) == 0, message="the cancelled entry was not dropped")
+    r = services.task_store().redis
+    wait_until(lambda: r.xlen(keys.STREAM) == 0, message="the cancelled entry was not dropped")
 
 
 def test_retry_runs_a_failed_task_again_as_a_linked_task(stack, admin, tmp_path):

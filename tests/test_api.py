@@ -14,8 +14,11 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from functions import mirror
 from functions.models import Task
+from functions.taskstore import keys
+from functions.taskstore.records import parse_done
+from tests.helpers import finish_task
+from workers.protocol import Result
 from workers.serialization import deserialize, serialize
 
 pytestmark = pytest.mark.django_db
@@ -66,8 +69,8 @@ def test_register_execute_status_result(alice, redis_client):
 def test_submitted_task_is_queued_in_database_redis_hash_and_stream(alice, redis_client):
     task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
     assert Task.objects.get(id=task_id).status == "QUEUED"
-    assert redis_client.hget(mirror.task_key(task_id), "status") == b"QUEUED"
-    entries = redis_client.xrange(mirror.STREAM)
+    assert redis_client.hget(keys.task_key(task_id), "status") == b"QUEUED"
+    entries = redis_client.xrange(keys.STREAM)
     assert [fields[b"task_id"].decode() for _id, fields in entries] == [task_id]
     assert dill.loads(entries[0][1][b"arguments"]) == ((1, 2), {})
 
@@ -86,14 +89,14 @@ def test_codecs_base64_with_newlines_and_trailing_slash_paths(alice):
 
 def test_finished_task_result_is_serialized_value(alice, redis_client):
     task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
-    mirror.finish(redis_client, task_id, "COMPLETED", dill.dumps(3), "", 60)
+    finish_task(task_id, "COMPLETED", dill.dumps(3), "", 60)
     body = alice.get(f"/result/{task_id}").json()
     assert body["status"] == "COMPLETED" and deserialize(body["result"]) == 3
 
 
 def test_failed_task_result_is_exception_with_error_text(alice, redis_client):
     task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
-    mirror.finish(redis_client, task_id, "FAILED", dill.dumps(ValueError("bad")), "ValueError: bad", 60)
+    finish_task(task_id, "FAILED", dill.dumps(ValueError("bad")), "ValueError: bad", 60)
     body = alice.get(f"/result/{task_id}").json()
     assert body["status"] == "FAILED" and body["error"] == "ValueError: bad"
     assert isinstance(deserialize(body["result"]), ValueError)
@@ -101,7 +104,7 @@ def test_failed_task_result_is_exception_with_error_text(alice, redis_client):
 
 def test_status_falls_back_to_database_when_redis_forgot(alice, redis_client):
     task_id = execute(alice, register(alice), 1, 2).json()["task_id"]
-    redis_client.delete(mirror.task_key(task_id))
+    redis_client.delete(keys.task_key(task_id))
     assert alice.get(f"/status/{task_id}").json()["status"] == "QUEUED"
 
 
@@ -208,7 +211,7 @@ def test_batch_submit_returns_ids_in_order(alice, redis_client):
     response = alice.post("/execute_batch", {"function_id": function_id, "payloads": payloads}, format="json")
     assert response.status_code == 201
     task_ids = response.json()["task_ids"]
-    streamed = [f[b"task_id"].decode() for _id, f in redis_client.xrange(mirror.STREAM)]
+    streamed = [f[b"task_id"].decode() for _id, f in redis_client.xrange(keys.STREAM)]
     assert streamed == task_ids and Task.objects.filter(id__in=task_ids).count() == 50
 
 
@@ -224,7 +227,7 @@ def test_cancel_queued_only_refuses_a_started_task(alice, redis_client):
     function_id = register(alice)
     queued = execute(alice, function_id, 1, 2).json()["task_id"]
     started = execute(alice, function_id, 3, 4).json()["task_id"]
-    redis_client.hset(mirror.task_key(started), "status", "RUNNING")
+    redis_client.hset(keys.task_key(started), "status", "RUNNING")
     assert alice.post(f"/cancel/{started}?queued_only=1").status_code == 409
     assert alice.get(f"/status/{started}").json()["status"] == "RUNNING"
     response = alice.post(f"/cancel/{queued}?queued_only=1")
@@ -245,8 +248,8 @@ def test_database_failure_on_submit_is_503_and_the_queued_task_never_completes(a
     monkeypatch.setattr(Task.objects, "bulk_create", locked)
     response = execute(alice, function_id, 1, 2)
     assert response.status_code == 503 and "Retry" in response.json()["detail"]
-    [(_entry, fields)] = redis_client.xrange(mirror.STREAM)
-    task_key = mirror.task_key(fields[b"task_id"].decode())
+    [(_entry, fields)] = redis_client.xrange(keys.STREAM)
+    task_key = keys.task_key(fields[b"task_id"].decode())
     assert redis_client.hget(task_key, "status") == b"FAILED"
     assert b"could not be recorded" in redis_client.hget(task_key, "error")
 
@@ -267,7 +270,7 @@ def test_execute_with_wait_answers_with_the_result_once_the_task_finishes(alice,
 
     def finish_soon():  # stands in for a dispatcher: the final state arrives during the wait
         task_id = wait_for_queued(redis_client)
-        mirror.finish(redis_client, task_id, "COMPLETED", dill.dumps(3), "", 60)
+        finish_task(task_id, "COMPLETED", dill.dumps(3), "", 60)
 
     finisher = threading.Thread(target=finish_soon)
     finisher.start()
@@ -302,7 +305,7 @@ def wait_for_queued(r, timeout: float = 10.0) -> str:
     """The id of the first task that appears on the stream."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        entries = r.xrange(mirror.STREAM, count=1)
+        entries = r.xrange(keys.STREAM, count=1)
         if entries:
             return entries[0][1][b"task_id"].decode()
         time.sleep(0.01)
@@ -348,7 +351,7 @@ def test_a_waiting_long_poll_answers_with_the_whole_result(alice, redis_client, 
 
     def finish_soon():
         time.sleep(0.2)  # the request below is waiting by then
-        mirror.finish(redis_client, task_id, "FAILED", dill.dumps(value), error, 60)
+        finish_task(task_id, "FAILED", dill.dumps(value), error, 60)
 
     finisher = threading.Thread(target=finish_soon)
     finisher.start()
@@ -360,13 +363,13 @@ def test_a_waiting_long_poll_answers_with_the_whole_result(alice, redis_client, 
 
 def test_done_messages_carry_small_outcomes_only(redis_client):
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
-    pubsub.subscribe(mirror.done_channel("small"), mirror.done_channel("large"))
-    mirror.finish(redis_client, "small", "COMPLETED", b"\x80\x04K\x03.", "", 60)
-    mirror.finish(redis_client, "large", "COMPLETED", b"x" * (mirror.DONE_INLINE_BYTES + 1), "", 60)
+    pubsub.subscribe(keys.done_channel("small"), keys.done_channel("large"))
+    finish_task("small", "COMPLETED", b"\x80\x04K\x03.", "", 60)
+    finish_task("large", "COMPLETED", b"x" * (keys.DONE_INLINE_BYTES + 1), "", 60)
     messages = [next_message(pubsub) for _ in range(2)]
     pubsub.close()
-    assert mirror.parse_done(messages[0]["data"]) == mirror.Done("COMPLETED", "", b"\x80\x04K\x03.")
-    assert messages[1]["data"] == b"COMPLETED" and mirror.parse_done(messages[1]["data"]) is None
+    assert parse_done("small", messages[0]["data"]) == Result("small", "COMPLETED", b"\x80\x04K\x03.", "")
+    assert messages[1]["data"] == b"COMPLETED" and parse_done("large", messages[1]["data"]) is None
 
 
 def next_message(pubsub, timeout: float = 5.0) -> dict:

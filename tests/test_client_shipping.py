@@ -21,7 +21,7 @@ RUNNER = """
 import pickle, sys
 from workers.execution import run_call
 function, arguments = pickle.loads(sys.stdin.buffer.read())
-outcome = run_call(function, arguments, 1 << 24)
+outcome = run_call("t", function, arguments, 1 << 24)
 sys.stdout.buffer.write(pickle.dumps((outcome.status, outcome.result, outcome.error, sorted(sys.modules))))
 """
 

@@ -9,17 +9,18 @@ import pytest
 
 from tests import fixtures_functions as ff
 from workers.exceptions import FunctionFailedException
-from workers.execution import FUNCTION_CACHE_SIZE, Outcome, run_call
+from workers.execution import FUNCTION_CACHE_SIZE, run_call
+from workers.protocol import Result
 from workers.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps, loads
 
 CAP = DEFAULT_MAX_PAYLOAD_BYTES
 
 
-def call(func, *args, cap: int = CAP, **kwargs) -> Outcome:
-    return run_call(dumps(func), dumps((args, kwargs)), cap)
+def call(func, *args, cap: int = CAP, **kwargs) -> Result:
+    return run_call("t-1", dumps(func), dumps((args, kwargs)), cap)
 
 
-def failure(outcome: Outcome) -> BaseException:
+def failure(outcome: Result) -> BaseException:
     assert outcome.status == "FAILED", outcome
     exc = loads(outcome.result)
     assert isinstance(exc, BaseException)
@@ -37,24 +38,24 @@ def test_success_with_args_and_kwargs():
 
 @pytest.mark.parametrize("arguments", [(2, 3), [2, 3], ((2, 3), {}), [[2], {"b": 3}]])
 def test_accepted_argument_shapes(arguments):
-    outcome = run_call(dumps(ff.add), dumps(arguments), CAP)
+    outcome = run_call("t-1", dumps(ff.add), dumps(arguments), CAP)
     assert (outcome.status, loads(outcome.result)) == ("COMPLETED", 5)
 
 
 @pytest.mark.parametrize("arguments", [{"a": 1}, 42, "ab", None])
 def test_other_argument_shapes_fail(arguments):
-    exc = failure(run_call(dumps(ff.add), dumps(arguments), CAP))
+    exc = failure(run_call("t-1", dumps(ff.add), dumps(arguments), CAP))
     assert isinstance(exc, FunctionFailedException)
     assert "arguments must be" in str(exc)
 
 
 def test_keyword_names_must_be_strings():
-    exc = failure(run_call(dumps(ff.add), dumps(((1,), {2: 3})), CAP))
+    exc = failure(run_call("t-1", dumps(ff.add), dumps(((1,), {2: 3})), CAP))
     assert isinstance(exc, FunctionFailedException)
 
 
 def test_undecodable_arguments():
-    exc = failure(run_call(dumps(ff.noop), b"\x80junk", CAP))
+    exc = failure(run_call("t-1", dumps(ff.noop), b"\x80junk", CAP))
     assert isinstance(exc, FunctionFailedException)
     assert "arguments could not be deserialized" in str(exc)
 
@@ -119,48 +120,48 @@ def test_result_at_the_limit_passes():
 
 
 def test_non_callable_payload():
-    exc = failure(run_call(dumps(42), dumps(((), {})), CAP))
+    exc = failure(run_call("t-1", dumps(42), dumps(((), {})), CAP))
     assert isinstance(exc, FunctionFailedException)
     assert "not callable" in str(exc) and "int" in str(exc)
 
 
 def test_undecodable_function_bytes():
-    exc = failure(run_call(b"definitely not a pickle", dumps(((), {})), CAP))
+    exc = failure(run_call("t-1", b"definitely not a pickle", dumps(((), {})), CAP))
     assert isinstance(exc, FunctionFailedException)
     assert "function could not be deserialized" in str(exc)
 
 
 def test_function_from_a_missing_module():
     payload = dumps(ff.noop).replace(b"tests.fixtures_functions", b"tests.fixtures_functionX")
-    exc = failure(run_call(payload, dumps(((), {})), CAP))
+    exc = failure(run_call("t-1", payload, dumps(((), {})), CAP))
     assert isinstance(exc, FunctionFailedException)
     assert "No module named" in str(exc)
 
 
 def test_cache_skips_unpickling_for_a_known_function_id():
     cache: dict = {}
-    assert run_call(dumps(ff.add), dumps((1, 2)), CAP, cache, function_id="f-add").status == "COMPLETED"
+    assert run_call("t-1", dumps(ff.add), dumps((1, 2)), CAP, cache, function_id="f-add").status == "COMPLETED"
     assert cache == {"f-add": ff.add}
     # Same id, bytes that would not unpickle: served from the cache.
-    outcome = run_call(b"garbage", dumps((3, 4)), CAP, cache, function_id="f-add")
+    outcome = run_call("t-1", b"garbage", dumps((3, 4)), CAP, cache, function_id="f-add")
     assert loads(outcome.result) == 7
 
 
 def test_cache_without_id_is_keyed_by_bytes_and_skips_failures():
     cache: dict = {}
-    run_call(dumps(ff.noop), dumps(()), CAP, cache)
-    run_call(b"garbage", dumps(()), CAP, cache)
+    run_call("t-1", dumps(ff.noop), dumps(()), CAP, cache)
+    run_call("t-1", b"garbage", dumps(()), CAP, cache)
     assert list(cache) == [dumps(ff.noop)]
 
 
 def test_cache_is_bounded():
     cache: dict = {}
     for i in range(FUNCTION_CACHE_SIZE + 10):
-        run_call(dumps(ff.noop), dumps(()), CAP, cache, function_id=f"f{i}")
+        run_call("t-1", dumps(ff.noop), dumps(()), CAP, cache, function_id=f"f{i}")
     assert len(cache) == FUNCTION_CACHE_SIZE
     assert "f0" not in cache and f"f{FUNCTION_CACHE_SIZE + 9}" in cache
 
 
-def test_outcome_to_result():
-    result = call(ff.add, 1, 1).to_result("t-1")
+def test_result_names_its_task():
+    result = call(ff.add, 1, 1)
     assert result.task_id == "t-1" and result.status == "COMPLETED" and loads(result.result) == 2

@@ -48,8 +48,27 @@ def test_reconnected_worker_counts_its_running_tasks_as_busy_until_they_finish()
     t = table()
     t.register(b"a", WorkerInfo(2, holding=("old-1", "old-2")), 0.0)
     assert t.push_capacity() == 0
-    t.release("old-task", identity=b"a")
+    t.release("not-its-task", identity=b"a")  # a result it had no business sending frees nothing
+    assert t.push_capacity() == 0
+    t.release("old-1", identity=b"a")
     assert t.push_capacity() == 1
+
+
+def test_only_the_holder_of_a_task_may_report_it():
+    t = table()
+    t.register(b"a", WorkerInfo(2), 0.0)
+    t.register(b"b", WorkerInfo(2, holding=("adopted",)), 0.0)
+    t.assign(b"a", "t1")
+    assert t.holds(b"a", "t1") and not t.holds(b"b", "t1") and not t.holds(b"stranger", "t1")
+    assert t.holds(b"b", "adopted") and not t.holds(b"a", "adopted")
+
+
+def test_a_task_taken_over_from_a_dead_dispatcher_is_adopted_by_the_worker_running_it():
+    t = table()
+    t.register(b"b", WorkerInfo(2, holding=("adopted",)), 0.0)
+    assert t.adopt("adopted").identity == b"b" and t.holder["adopted"] == b"b"
+    assert t.adopt("unknown") is None
+    assert t.get(b"b").busy == 1
 
 
 def test_pull_capacity_is_what_workers_asked_for_within_their_free_processes():

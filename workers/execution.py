@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable
-from typing import NamedTuple
 
 from workers.exceptions import FunctionFailedException
 from workers.protocol import Result, TaskStatus
@@ -22,27 +21,15 @@ COMPLETED = TaskStatus.COMPLETED.value
 FAILED = TaskStatus.FAILED.value
 
 
-class Outcome(NamedTuple):
-    """The result of one call, before a task id is attached."""
-
-    status: str
-    result: bytes  # dill bytes of the return value, or of the exception
-    error: str
-    started_at: float | None  # wall clock
-    finished_at: float | None
-
-    def to_result(self, task_id: str) -> Result:
-        return Result(task_id, self.status, self.result, self.error, self.started_at, self.finished_at)
-
-
 def run_call(
+    task_id: str,
     function: bytes,
     arguments: bytes,
     max_result_bytes: int,
     function_cache: dict | None = None,
     *,
     function_id: str | None = None,
-) -> Outcome:
+) -> Result:
     """Run one serialized call and return its serialized outcome; never raises.
 
     `function_cache` maps `function_id` (or, without one, the function bytes) to the
@@ -53,12 +40,12 @@ def run_call(
         func = _load_function(function, function_cache, function_id)
         args, kwargs = _load_arguments(arguments)
     except FunctionFailedException as exc:
-        return _failed(exc, started_at)
+        return _failed(task_id, exc, started_at)
     try:
         value = func(*args, **kwargs)
     except BaseException as exc:  # SystemExit too: a function calling sys.exit fails only its task
-        return _raised(exc, started_at, max_result_bytes)
-    return _completed(value, max_result_bytes, started_at)
+        return _raised(task_id, exc, started_at, max_result_bytes)
+    return _completed(task_id, value, max_result_bytes, started_at)
 
 
 def _load_function(function: bytes, cache: dict | None, function_id: str | None) -> Callable:
@@ -97,18 +84,19 @@ def _load_arguments(arguments: bytes) -> tuple[tuple, dict]:
     return tuple(args), kwargs
 
 
-def _completed(value, max_result_bytes: int, started_at: float) -> Outcome:
+def _completed(task_id: str, value, max_result_bytes: int, started_at: float) -> Result:
     try:
         payload = dumps(value)
     except BaseException as exc:
-        return _failed(FunctionFailedException(f"result could not be serialized: {_describe(exc)}"), started_at)
+        return _failed(task_id, FunctionFailedException(f"result could not be serialized: {_describe(exc)}"),
+                       started_at)
     if len(payload) > max_result_bytes:
-        return _failed(FunctionFailedException(
+        return _failed(task_id, FunctionFailedException(
             f"result is {len(payload)} bytes, over the limit of {max_result_bytes} bytes"), started_at)
-    return Outcome(COMPLETED, payload, "", started_at, time.time())
+    return Result(task_id, COMPLETED, payload, "", started_at, time.time())
 
 
-def _raised(exc: BaseException, started_at: float, max_result_bytes: int) -> Outcome:
+def _raised(task_id: str, exc: BaseException, started_at: float, max_result_bytes: int) -> Result:
     """Send back the function's own exception, with the remote traceback attached."""
     tb = exc.__traceback__
     text = "".join(traceback.format_exception(type(exc), exc, tb.tb_next if tb else None))  # skip run_call's frame
@@ -119,21 +107,21 @@ def _raised(exc: BaseException, started_at: float, max_result_bytes: int) -> Out
         payload = dumps(exc)
         loads(payload)  # an exception class that cannot be rebuilt must fail here, not on the client
     except BaseException as why:
-        return _unpicklable(exc, text, error, why, started_at)
+        return _unpicklable(task_id, exc, text, error, why, started_at)
     if len(payload) > max_result_bytes:
-        return _unpicklable(exc, text, error, f"{len(payload)} bytes, over the limit", started_at)
-    return Outcome(FAILED, payload, error, started_at, time.time())
+        return _unpicklable(task_id, exc, text, error, f"{len(payload)} bytes, over the limit", started_at)
+    return Result(task_id, FAILED, payload, error, started_at, time.time())
 
 
-def _unpicklable(exc: BaseException, text: str, error: str, why, started_at: float) -> Outcome:
+def _unpicklable(task_id: str, exc: BaseException, text: str, error: str, why, started_at: float) -> Result:
     fallback = FunctionFailedException(
         f"the function raised {_safe_repr(exc)}, which could not be serialized ({why})\n{text}")
     fallback.remote_traceback = text
-    return Outcome(FAILED, dumps(fallback), error, started_at, time.time())
+    return Result(task_id, FAILED, dumps(fallback), error, started_at, time.time())
 
 
-def _failed(exc: FunctionFailedException, started_at: float) -> Outcome:
-    return Outcome(FAILED, dumps(exc), _describe(exc), started_at, time.time())
+def _failed(task_id: str, exc: FunctionFailedException, started_at: float) -> Result:
+    return Result(task_id, FAILED, dumps(exc), _describe(exc), started_at, time.time())
 
 
 def _describe(exc: BaseException) -> str:

@@ -256,12 +256,12 @@ class ProcessPool:
         try:
             if slot.task_id is None:
                 raise ProtocolError("message while holding no task")
-            outcome = _decode_outcome(frame)
+            result = _decode_result(frame, slot.task_id)
         except ProtocolError as exc:
             log.error("pool process %d sent a malformed message (%s); killing it", slot.pid, exc)
             self._kill(slot, "process sent a malformed message")
             return
-        results.append(outcome.to_result(slot.task_id))
+        results.append(result)
         del self._by_task[slot.task_id]
         slot.task_id = slot.deadline = slot.deadline_s = None
 
@@ -348,9 +348,11 @@ class ProcessPool:
 
 
 def _failure(slot: Slot, reason: str) -> Result:
+    """The task of a child that died. A crash (exit, signal) may be retried; a kill the pool
+    decided (deadline, cancel, a misbehaving child) may not."""
     exc = WorkerFailureException(reason)
     return Result(slot.task_id, TaskStatus.FAILED.value, dumps(exc), f"WorkerFailureException: {reason}",
-                  slot.started_wall, time.time())
+                  slot.started_wall, time.time(), retry=slot.kill_reason is None)
 
 
 def _exit_reason(code: int | None) -> str:
@@ -398,15 +400,16 @@ def _decode_task(frame: bytes) -> tuple[str, str, bytes, bytes, int]:
     return fields[0].decode(), fields[1].decode(), fields[2], fields[3], lengths[4]
 
 
-def _encode_outcome(outcome: execution.Outcome) -> bytes:
-    error = outcome.error.encode("utf-8", "replace")
-    started = math.nan if outcome.started_at is None else outcome.started_at
-    finished = math.nan if outcome.finished_at is None else outcome.finished_at
-    head = _RESULT_HEAD.pack(_STATUS_BYTES[outcome.status], started, finished, len(error))
-    return b"".join((head, error, outcome.result))
+def _encode_result(result: Result) -> bytes:
+    """The child's answer for the task it holds (the parent knows which: the id is not sent)."""
+    error = result.error.encode("utf-8", "replace")
+    started = math.nan if result.started_at is None else result.started_at
+    finished = math.nan if result.finished_at is None else result.finished_at
+    head = _RESULT_HEAD.pack(_STATUS_BYTES[result.status], started, finished, len(error))
+    return b"".join((head, error, result.result))
 
 
-def _decode_outcome(frame: bytes) -> execution.Outcome:
+def _decode_result(frame: bytes, task_id: str) -> Result:
     """Parse a child's result frame; it is untrusted, so check every length."""
     if len(frame) < _RESULT_HEAD.size:
         raise ProtocolError(f"result frame of {len(frame)} bytes")
@@ -415,8 +418,8 @@ def _decode_outcome(frame: bytes) -> execution.Outcome:
     if status not in _BYTES_STATUS or error_len > len(frame) - at:
         raise ProtocolError("bad result header")
     error = frame[at:at + error_len].decode("utf-8", "replace")
-    return execution.Outcome(_BYTES_STATUS[status], frame[at + error_len:], error,
-                             None if math.isnan(started) else started, None if math.isnan(finished) else finished)
+    return Result(task_id, _BYTES_STATUS[status], frame[at + error_len:], error,
+                  None if math.isnan(started) else started, None if math.isnan(finished) else finished)
 
 
 def _child_main(conn: Connection) -> None:
@@ -429,7 +432,8 @@ def _child_main(conn: Connection) -> None:
         conn.send_bytes(_READY)
         while True:
             task_id, function_id, function, arguments, max_result_bytes = _decode_task(conn.recv_bytes())
-            outcome = execution.run_call(function, arguments, max_result_bytes, cache, function_id=function_id or None)
-            conn.send_bytes(_encode_outcome(outcome))
+            result = execution.run_call(task_id, function, arguments, max_result_bytes, cache,
+                                        function_id=function_id or None)
+            conn.send_bytes(_encode_result(result))
     except (EOFError, OSError):
         return  # the parent closed the pipe or went away: nothing left to serve

@@ -69,12 +69,15 @@ class Task:
 
 @dataclass(frozen=True)
 class Result:
+    """A finished task: the one record of it that worker, dispatcher, store and web share."""
+
     task_id: str
-    status: str  # TaskStatus.COMPLETED or TaskStatus.FAILED
+    status: str  # one of FINAL_STATUSES
     result: bytes  # dill bytes of the return value, or of the exception
     error: str = ""  # plain-text reason for a failure
     started_at: float | None = None  # wall clock, seconds
     finished_at: float | None = None
+    retry: bool = False  # the worker says this failure may be retried (its process died under it)
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,8 @@ def encode(msg: Message) -> list[bytes]:
             blobs = [b for t in tasks for b in (t.function, t.arguments)]
             return [VERSION, Kind.TASKS.value, _header(head), *blobs]
         case Results(results, free):
-            head = {"free": free, "r": [[r.task_id, r.status, r.error, r.started_at, r.finished_at] for r in results]}
+            head = {"free": free, "r": [[r.task_id, r.status, r.error, r.started_at, r.finished_at, r.retry]
+                                     for r in results]}
             return [VERSION, Kind.RESULTS.value, _header(head), *(r.result for r in results)]
         case Cancel(task_ids):
             return [VERSION, Kind.CANCEL.value, _header(list(task_ids))]
@@ -183,10 +187,17 @@ def _decode_results(head, blobs) -> Results:
     rows = head["r"]
     if len(blobs) != len(rows):
         raise ProtocolError(f"RESULTS header names {len(rows)} results but {len(blobs)} blobs follow")
-    return Results(tuple(
-        Result(str(tid), str(status), blob, str(error or ""), started, finished)
-        for (tid, status, error, started, finished), blob in zip(rows, blobs)
-    ), free=int(head.get("free", 0)))
+    results = []
+    for (tid, status, error, started, finished, *rest), blob in zip(rows, blobs):
+        if status not in FINAL_STATUSES:
+            raise ProtocolError(f"result for {str(tid)[:64]} has status {str(status)[:16]!r}, not a final one")
+        results.append(Result(str(tid), str(status), blob, str(error or ""), _time(started), _time(finished),
+                              bool(rest and rest[0])))
+    return Results(tuple(results), free=int(head.get("free", 0)))
+
+
+def _time(value) -> float | None:
+    return None if value is None else float(value)
 
 
 _DECODERS = {
