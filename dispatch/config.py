@@ -62,6 +62,8 @@ class DispatcherConfig:
             raise ConfigError("--workers must be at least 1.")
         if self.timeout is not None and self.timeout <= 0:
             raise ConfigError("--timeout must be a positive number of seconds.")
+        if self.flush_interval < 0:
+            raise ConfigError("--flush-interval cannot be negative.")
         if self.retries < 0:
             raise ConfigError("--retries cannot be negative.")
         if self.heartbeat_interval <= 0 or self.heartbeat_liveness < 1:

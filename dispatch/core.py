@@ -280,9 +280,8 @@ class Dispatcher:
         exchange stores them. A crash the worker marks retryable goes back on the queue
         while retries remain (--retries), as a lost worker does."""
         retried = [r.task_id for r in results if r.retry and self._retries_left(r.task_id)]
-        if retried:
-            self.requeue(retried, count_attempt=True)
-            log.warning("re-queued %d task(s) whose process died under them", len(retried))
+        if retried and (requeued := self.requeue(retried, count_attempt=True)):
+            log.warning("re-queued %d task(s) whose process died under them", requeued)
         done = set(retried)
         self.unstored.extend((self.in_flight.pop(r.task_id, None), r) for r in results if r.task_id not in done)
 
@@ -305,25 +304,26 @@ class Dispatcher:
         """Tasks whose worker died, went silent or overran: re-queue while retries remain, else
         FAIL. The message says how many times it ran when it ran more than once."""
         again = [t for t in task_ids if retry and self._retries_left(t)]
-        if again:
-            self.requeue(again, count_attempt=True)
-            log.warning("re-queued %d task(s): %s", len(again), reason)
+        if again and (requeued := self.requeue(again, count_attempt=True)):
+            log.warning("re-queued %d task(s): %s", requeued, reason)
         rest = [t for t in task_ids if t not in set(again)]
         for attempt, ids in _by_attempt(rest, self.in_flight).items():
             suffix = f" (attempt {attempt} of {self.config.retries + 1})" if attempt > 1 else ""
             self.fail(ids, WorkerFailureException(reason + suffix))
 
-    def requeue(self, task_ids: list[str], count_attempt: bool) -> None:
+    def requeue(self, task_ids: list[str], count_attempt: bool) -> int:
         """Put held tasks back on the queue (as new entries) for any dispatcher to take; a
-        task that reached a final state meanwhile (a cancel) stays as it is."""
+        task that reached a final state meanwhile (a cancel) stays as it is. Returns how
+        many went back."""
         items = []
         for task_id in task_ids:
             flight = self.in_flight.pop(task_id, None)
             if flight is not None:
                 q = flight.queued
                 items.append((flight.entry_id, q.again(q.attempt + 1) if count_attempt else q))
-        self.store.requeue(items)
+        again = self.store.requeue(items)
         self.backlog = True
+        return sum(again)
 
     def store_pending(self) -> None:
         """Final states to Redis now (one round trip), to the database by the writer. The

@@ -118,9 +118,9 @@ class RemoteDispatcher(Dispatcher):
         self.asked.pop(identity, None)
         entry, missing = self.table.register(identity, info, now)
         if missing:  # the same worker process does not have them: they never reached it
-            self.requeue(missing, count_attempt=False)
-            log.warning("worker %s re-registered without %d task(s) sent to it; re-queued them",
-                        entry.name, len(missing))
+            requeued = self.requeue(missing, count_attempt=False)
+            log.warning("worker %s re-registered without %d task(s) sent to it; %d re-queued",
+                        entry.name, len(missing), requeued)
         self.worker_seen(entry.name, info, busy=info.busy)
         log.info("worker %s registered with %d processes (%d busy)", entry.name, info.processes, info.busy)
         self.backlog = True

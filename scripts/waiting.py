@@ -19,3 +19,13 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
         if time.monotonic() >= end:
             raise AssertionError(message or f"condition not met within {timeout:g} s: {predicate!r}")
         time.sleep(interval)
+
+
+def holds_for(predicate: Callable[[], object], seconds: float, interval: float = 0.05) -> bool:
+    """True if `predicate` stays truthy for `seconds` (a state that must not flip back)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if not predicate():
+            return False
+        time.sleep(interval)
+    return bool(predicate())

@@ -127,3 +127,15 @@ def write_pid_then_sleep(path: str, seconds: float = 1000.0):
         f.write(str(os.getpid()))
     os.replace(tmp, path)
     time.sleep(seconds)
+
+
+def count_run(path: str, key: str, seconds: float = 0.0) -> str:
+    """Append `key` to a file each time it runs (O_APPEND: one line per execution, even from
+    several processes), then sleep: executions are counted by side effect, not by status."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, f"{key}\n".encode())
+    finally:
+        os.close(fd)
+    time.sleep(seconds)
+    return key

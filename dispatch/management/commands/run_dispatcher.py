@@ -25,10 +25,12 @@ class Command(BaseCommand):
         parser.add_argument("--keys", dest="keys_dir", default=None,
                             help="CURVE key directory (python -m workers.security generate DIR)")
         parser.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
+        parser.add_argument("--flush-interval", type=float, default=0.2,
+                            help="seconds between batched database writes (default 0.2)")
 
     def handle(self, *args, **options):
         values = {k: options[k] for k in ("mode", "port", "bind", "timeout", "heartbeat_interval",
-                                          "heartbeat_liveness", "retries", "keys_dir", "insecure")}
+                                          "heartbeat_liveness", "retries", "keys_dir", "insecure", "flush_interval")}
         if options["workers"] is not None:
             values["workers"] = options["workers"]
         config = DispatcherConfig(redis_url=settings.REDIS_URL, max_result_bytes=settings.FAAS_MAX_RESULT_BYTES,
