@@ -130,7 +130,7 @@ class StoreMachine(RuleBasedStateMachine):
     def take_over(self, consumer):
         """Another dispatcher takes over `consumer`'s pending entries (it died)."""
         answers = []
-        for i, store in enumerate(self.stores):
+        for store in self.stores:
             claimed = store.start(store.own_pending(consumer), "heir", 2.0)
             answers.append(sorted((c.task.task_id, c.outcome) for c in claimed))
         assert answers[0] == answers[1]
