@@ -1,7 +1,7 @@
 """Which workers a ZeroMQ dispatcher knows, what each holds, and when each expires.
 
 A pure class in the Paranoid Pirate shape: every method takes `now`, none touches a
-socket, so the heartbeat rules are unit-tested with a fake clock (STYLE C9).
+socket, so the heartbeat rules are unit-tested with a fake clock.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Settings for the FaaS platform: the only place that reads the environment on the web side.
 
-Every value has a default that works on one machine (DESIGN §8).
+Every value has a default that works on one machine.
 """
 
 import os

@@ -24,7 +24,7 @@ def build_snapshot() -> dict:
 
 
 class DashboardConsumer(AsyncJsonWebsocketConsumer):
-    """A thin adapter (STYLE C13): coalescing happens in the dispatcher's publisher."""
+    """A thin adapter: coalescing happens in the dispatcher's publisher."""
 
     last_snapshot = 0.0  # the group is joined by hand in connect(), once the user is known to be staff
 

@@ -1,5 +1,5 @@
 """The live dashboard's data: the snapshot a page starts from, and the coalesced updates the
-dispatcher publishes through the Channels layer (STYLE C13).
+dispatcher publishes through the Channels layer.
 
 The snapshot and the summary carried by each update read only the durable record and the
 Redis mirror, so the dashboard keeps no history of its own and survives restarts. Counts

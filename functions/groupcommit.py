@@ -2,8 +2,8 @@
 
 SQLite takes one writer at a time. With every request thread opening its own transaction,
 the threads queued on the database lock inside SQLite's busy handler, which sleeps up to
-100 ms between tries: under load most of a submit was spent asleep, and one request per
-task ran at 450 tasks/s where the same requests without the insert ran at 640.
+100 ms between tries: under load most of a submit was spent asleep (figures in
+docs/benchmark.md).
 
 Here the threads of a process queue on a mutex instead. Whoever holds it writes the rows of
 every thread that arrived meanwhile in one transaction and wakes them, so a busy process

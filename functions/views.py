@@ -1,4 +1,4 @@
-"""Thin API views: validate input, call one service, shape the answer (STYLE C12)."""
+"""Thin API views: validate input, call one service, shape the answer."""
 
 import time
 

@@ -1,4 +1,4 @@
-"""The REST contract (DESIGN §2) and its bad-input cases, through HTTP."""
+"""The REST contract of the four endpoints and its bad-input cases, through HTTP."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """One behaviour suite over the three dispatcher modes, against one running platform per
-mode: web server, dispatcher, workers and Redis as real processes (STYLE C14)."""
+mode: web server, dispatcher, workers and Redis as real processes."""
 
 from __future__ import annotations
 
