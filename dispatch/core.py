@@ -283,7 +283,20 @@ class Dispatcher:
         if retried and (requeued := self.requeue(retried, count_attempt=True)):
             log.warning("re-queued %d task(s) whose process died under them", requeued)
         done = set(retried)
-        self.unstored.extend((self.in_flight.pop(r.task_id, None), r) for r in results if r.task_id not in done)
+        for r in results:
+            if r.task_id not in done:
+                flight = self.in_flight.pop(r.task_id, None)
+                self.unstored.append((flight, self._last_attempt(r, flight) if r.retry else r))
+
+    def _last_attempt(self, r: Result, flight: InFlight | None) -> Result:
+        """A crash after retries: the failure names the attempt, so the user sees it ran again."""
+        attempt = flight.queued.attempt if flight else 1
+        if attempt <= 1:
+            return r
+        reason = r.error.removeprefix(f"{WorkerFailureException.__name__}: ")
+        exc = WorkerFailureException(f"{reason} (attempt {attempt} of {self.config.retries + 1})")
+        return Result(r.task_id, r.status, serialization.dumps(exc), f"{type(exc).__name__}: {exc}", r.started_at,
+                      r.finished_at)
 
     def _retries_left(self, task_id: str) -> bool:
         flight = self.in_flight.get(task_id)

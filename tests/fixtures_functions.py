@@ -139,3 +139,9 @@ def count_run(path: str, key: str, seconds: float = 0.0) -> str:
         os.close(fd)
     time.sleep(seconds)
     return key
+
+
+def count_then_exit(path: str, code: int = 3):
+    """Record the run, then end the process abruptly (a crash the pool reports)."""
+    count_run(path, "crash")
+    os._exit(code)
