@@ -148,6 +148,9 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["functions.permissions.IsAuthenticatedOrAnonymousAllowed"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "functions.errors.exception_handler",
+    # DRF's parsers, each answering a malformed body with a 4xx (functions/parsers.py says how).
+    "DEFAULT_PARSER_CLASSES": ["functions.parsers.JSONParser", "rest_framework.parsers.FormParser",
+                               "functions.parsers.MultiPartParser"],
     # Throttling costs a cache round trip per request, so it is on only when a rate is set.
     "DEFAULT_THROTTLE_CLASSES": [cls for cls, rate in (
         ("rest_framework.throttling.AnonRateThrottle", THROTTLE_ANON),
