@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"  # git-ignored: SQLite database, Redis data, static files, keys
@@ -34,9 +35,32 @@ def env_float(name: str, default: float | None) -> float | None:
     return default if value in (None, "") else float(value)
 
 
+# --- security (README "Production") -----------------------------------------------------
 DEBUG = env_bool("DJANGO_DEBUG", False)
-# A fixed development key; deployments set DJANGO_SECRET_KEY.
-SECRET_KEY = env_str("DJANGO_SECRET_KEY", "dev-insecure-faas-key-change-me-in-deployments-0123456789")
+# The built-in key signs sessions and CSRF tokens for anyone who has read this file, so it
+# serves only with DEBUG on; otherwise a process refuses to start without a key of its own.
+DEV_SECRET_KEY = "dev-insecure-faas-key-change-me-in-deployments-0123456789"
+SECRET_KEY = env_str("DJANGO_SECRET_KEY", "")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is not set and DJANGO_DEBUG is off: set DJANGO_SECRET_KEY to a long random string "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))') for a deployment, "
+            "or DJANGO_DEBUG=1 for local development. `make run` and the tests set one for you.")
+    SECRET_KEY = DEV_SECRET_KEY
+# DJANGO_HTTPS=1: the site is served over HTTPS, by this process or a TLS-terminating proxy
+# in front of it that sets X-Forwarded-Proto (and strips it from what clients send).
+HTTPS = env_bool("DJANGO_HTTPS", False)
+if HTTPS:
+    SECURE_SSL_REDIRECT = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    # Preloading is a promise to browsers that is slow to take back, so the operator opts in.
+    SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]  # preload off on purpose: see the line above
 ALLOWED_HOSTS = [h.strip() for h in env_str("DJANGO_ALLOWED_HOSTS", "127.0.0.1,localhost,testserver").split(",")
                  if h.strip()]
 CSRF_TRUSTED_ORIGINS = [o for o in env_str("DJANGO_CSRF_TRUSTED_ORIGINS", "").split(",") if o]

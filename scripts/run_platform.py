@@ -25,6 +25,7 @@ from scripts.waiting import wait_until
 REPO = Path(__file__).resolve().parent.parent
 VAR = Path(os.environ.get("FAAS_VAR_DIR", REPO / "var"))  # Redis data and the dev credentials
 CREDENTIALS = VAR / "dev-credentials.txt"
+SECRET_KEY_FILE = VAR / "secret-key"  # made on first run, so sessions survive restarts
 
 
 def _stop_with_parent() -> None:
@@ -36,6 +37,17 @@ def _stop_with_parent() -> None:
         pass
 
 
+def secret_key() -> str:
+    """This machine's development secret key (the settings refuse to start without one
+    unless DEBUG is on): made once, readable only by its owner."""
+    if not SECRET_KEY_FILE.exists():
+        VAR.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(SECRET_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_urlsafe(50))
+    return SECRET_KEY_FILE.read_text().strip()
+
+
 class Platform:
     def __init__(self):
         self.redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -45,6 +57,7 @@ class Platform:
         self.processes = int(os.environ.get("FAAS_WORKER_PROCESSES", str(os.cpu_count() or 2)))
         self.env = {**os.environ, "REDIS_URL": self.redis_url, "FAAS_ALLOW_ANONYMOUS": "1",
                     "DJANGO_SETTINGS_MODULE": "faas_site.settings", "PYTHONUNBUFFERED": "1"}
+        self.env.setdefault("DJANGO_SECRET_KEY", secret_key())
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.stop_requested = False
 

@@ -7,6 +7,7 @@ stop only what they started. Output goes to log files that failures print.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -66,12 +67,15 @@ class Stack:
     workdir: Path
     procs: list[Proc] = field(default_factory=list)
     extra_env: dict = field(default_factory=dict)
+    # The settings refuse to start with DEBUG off and no key: one throwaway key per stack.
+    secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(50))
 
     def env(self) -> dict:
         env = dict(os.environ)
         env.update({"REDIS_URL": self.redis_url, "DATABASE_URL": self.database_url, "FAAS_ALLOW_ANONYMOUS": "1",
                     "PYTHONPATH": str(REPO), "DJANGO_SETTINGS_MODULE": "faas_site.settings",
                     "PYTHONUNBUFFERED": "1", **self.extra_env})
+        env.setdefault("DJANGO_SECRET_KEY", self.secret_key)
         return env
 
     def spawn(self, name: str, argv: list[str]) -> Proc:
