@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import signal
 import socket
 import time
@@ -25,25 +26,73 @@ from workers.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_LINGER_MS = 1000  # how long a stopping worker lets ZeroMQ flush its last results
+
 
 class Liveness:
-    """When the dispatcher counts as gone, and how long to wait before reconnecting."""
+    """When the dispatcher counts as gone, and how long to wait before reconnecting.
 
-    def __init__(self, interval: float, liveness: int):
+    The wait doubles from `initial` to `cap`, each one drawn between half and all of the
+    current step (jitter: workers that lost the same dispatcher do not all come back in the
+    same instant), and starts over only when the dispatcher answers: opening a socket proves
+    nothing, so a worker that cannot reach its dispatcher backs off instead of hammering it.
+    Pure: every method takes `now`, and the random source is injectable.
+    """
+
+    def __init__(self, interval: float, liveness: int, *, initial: float = protocol.RECONNECT_INTERVAL_INIT,
+                 cap: float = protocol.RECONNECT_INTERVAL_MAX, rand=random.random):
         self.ttl = interval * liveness
         self.expiry = 0.0
-        self.backoff = protocol.RECONNECT_INTERVAL_INIT
+        self.initial = initial
+        self.cap = cap
+        self.rand = rand
+        self.step = initial
+
+    def connected(self, now: float) -> None:
+        """A new socket: the dispatcher has a full ttl to answer on it."""
+        self.expiry = now + self.ttl
 
     def heard(self, now: float) -> None:
+        """A message from the dispatcher: it is alive, and the back-off starts over."""
         self.expiry = now + self.ttl
-        self.backoff = protocol.RECONNECT_INTERVAL_INIT
+        self.step = self.initial
 
     def lost(self, now: float) -> bool:
         return now >= self.expiry
 
     def next_backoff(self) -> float:
-        wait, self.backoff = self.backoff, min(self.backoff * 2, protocol.RECONNECT_INTERVAL_MAX)
+        wait = self.step * (0.5 + 0.5 * self.rand())
+        self.step = min(self.step * 2, self.cap)
         return wait
+
+
+class Unconfirmed:
+    """Results sent to the dispatcher that it may not have recorded yet.
+
+    ZeroMQ drops what is queued on a closed socket, and a dispatcher killed with results in
+    its buffers never records them. A result counts as recorded once the dispatcher has gone
+    on answering for a whole liveness ttl after it was sent (it reads its socket far more
+    often); until then a re-registration reports its task as held and sends it again. The
+    dispatcher keeps the first final state of a task, so a result sent twice is harmless.
+    """
+
+    def __init__(self, ttl: float):
+        self.ttl = ttl
+        self.batches: deque[tuple[float, tuple[protocol.Result, ...]]] = deque()
+
+    def add(self, now: float, results: tuple[protocol.Result, ...]) -> None:
+        self.batches.append((now, results))
+
+    def confirm(self, now: float) -> None:
+        """The dispatcher answered at `now`: what was sent a ttl before is recorded."""
+        while self.batches and self.batches[0][0] <= now - self.ttl:
+            self.batches.popleft()
+
+    def results(self) -> tuple[protocol.Result, ...]:
+        return tuple(r for _, batch in self.batches for r in batch)
+
+    def __len__(self) -> int:
+        return sum(len(batch) for _, batch in self.batches)
 
 
 class RemoteWorker:
@@ -63,7 +112,8 @@ class RemoteWorker:
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}".encode()
         self.pool = ProcessPool(processes, max_result_bytes=max_result_bytes)
         self.backlog: deque[protocol.Task] = deque()  # sent to us while every process was busy
-        self.unsent: list[protocol.Result] = []  # finished while we had no dispatcher
+        self.unconfirmed = Unconfirmed(self.liveness.ttl)
+        self.reconnect_at: float | None = None  # the dispatcher went silent: when to try a new socket
         self.stopping = False
         self.stopped = False
         self.context: zmq.Context | None = None
@@ -95,15 +145,22 @@ class RemoteWorker:
     def shutdown(self) -> None:
         if self.socket is not None:
             self.send(protocol.Disconnect("worker stopping"))
-            self.socket.close(linger=0)
+            # A moment to flush: the last results may still sit in ZeroMQ's queue.
+            self.socket.close(linger=SHUTDOWN_LINGER_MS)
         self.pool.close()
         if self.context is not None:
             self.context.term()
         log.info("worker %s stopped", self.identity.decode())
 
     def connect(self) -> None:
-        """A fresh socket (a ZeroMQ socket cannot be reset), then say who we are."""
+        """A fresh socket (a ZeroMQ socket cannot be reset), then say who we are and what we hold.
+
+        What the dispatcher sent to the old socket is read before it closes. The registration's
+        `holding` is the whole truth: tasks running, waiting in the backlog, and finished but
+        not confirmed (their results follow at once). A task the dispatcher sent that is not in
+        it never reached this worker, so it has not run and can be queued again."""
         if self.socket is not None:
+            self.drain()
             self.socket.close(linger=0)
         self.socket = self.context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -114,16 +171,33 @@ class RemoteWorker:
 
             secure_client(self.socket, self.keys_dir, self.key_name)
         self.socket.connect(self.endpoint)
-        holding = tuple(self.pool.holding()) + tuple(t.task_id for t in self.backlog)
+        finished = self.unconfirmed.results()
+        holding = tuple(dict.fromkeys([*self.pool.holding(), *(t.task_id for t in self.backlog),
+                                       *(r.task_id for r in finished)]))
         info = protocol.WorkerInfo(self.processes, socket.gethostname(), os.getpid(), holding=holding)
         free = 0 if self.stopping else self.pool.free - len(self.backlog)
         self.send(protocol.Request(max(0, free), info) if self.mode == "pull" else protocol.Register(info))
-        if self.unsent:
-            self.send(protocol.Results(tuple(self.unsent), free=0 if self.stopping else len(self.unsent)))
-            self.unsent = []
-        self.liveness.heard(self.clock())
-        log.info("%s worker %s connected to %s with %d processes", self.mode, self.identity.decode(),
-                 self.endpoint, self.processes)
+        if finished:  # free=0: the registration above already counted every free process
+            self.send(protocol.Results(finished, free=0))
+        self.reconnect_at = None
+        self.liveness.connected(self.clock())
+        log.info("%s worker %s connected to %s with %d processes (holding %d task(s), %d result(s) to confirm)",
+                 self.mode, self.identity.decode(), self.endpoint, self.processes, len(holding), len(finished))
+
+    def drain(self) -> None:
+        """Take what already reached the socket we are about to close: tasks and cancels."""
+        while True:
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                message = protocol.decode(frames)
+            except protocol.ProtocolError as exc:
+                log.warning("dropped a malformed message from the dispatcher: %s", exc)
+                continue
+            if not isinstance(message, protocol.Disconnect):  # we are registering again anyway
+                self.handle(message)
 
     def send(self, message) -> None:
         try:
@@ -139,20 +213,30 @@ class RemoteWorker:
         poller.register(self.socket, zmq.POLLIN)
         for fd in self.pool.fds():
             poller.register(fd, zmq.POLLIN)
-        wake = min(self.next_heartbeat, self.pool.next_deadline() or self.next_heartbeat)
+        wake = min(t for t in (self.next_heartbeat, self.pool.next_deadline(), self.reconnect_at) if t is not None)
         events = dict(poller.poll(max(0, int((wake - now) * 1000)) + 1))
         now = self.clock()
         if self.socket in events:
             self.receive(now)
-        self.finish_results()
+        self.finish_results(now)
         self.start_backlog()
         if now >= self.next_heartbeat:
             self.next_heartbeat = now + self.interval
             self.send(protocol.Heartbeat(self.pool.busy))
         if self.stopping and not self.pool.busy and not self.backlog:
             self.stopped = True
+        elif self.reconnect_at is not None:
+            if now >= self.reconnect_at:
+                self.connect()
         elif self.liveness.lost(now):
-            self.reconnect()
+            self.schedule_reconnect(now)
+
+    def schedule_reconnect(self, now: float) -> None:
+        """Keep serving, and reading this socket, while we wait: a dispatcher that comes back
+        meanwhile may already be sending us work on it, and any answer calls the reconnect off."""
+        wait = self.liveness.next_backoff()
+        self.reconnect_at = now + wait
+        log.warning("no word from the dispatcher for %.1f s; reconnecting in %.1f s", self.liveness.ttl, wait)
 
     def receive(self, now: float) -> None:
         while True:
@@ -160,13 +244,20 @@ class RemoteWorker:
                 frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self.liveness.heard(now)
+            self.heard(now)
             try:
                 message = protocol.decode(frames)
             except protocol.ProtocolError as exc:
                 log.warning("dropped a malformed message from the dispatcher: %s", exc)
                 continue
             self.handle(message)
+
+    def heard(self, now: float) -> None:
+        if self.reconnect_at is not None:
+            log.info("the dispatcher answered; staying on this connection")
+            self.reconnect_at = None
+        self.liveness.heard(now)
+        self.unconfirmed.confirm(now)
 
     def handle(self, message) -> None:
         match message:
@@ -192,21 +283,13 @@ class RemoteWorker:
         while self.backlog and self.pool.free:
             self.pool.submit(self.backlog.popleft())
 
-    def finish_results(self) -> None:
-        results = self.pool.collect()
+    def finish_results(self, now: float) -> None:
+        results = tuple(self.pool.collect())
         if results:
             # Each finished task frees a process: in pull mode that is a request for one more.
             free = 0 if self.stopping else len(results)
-            self.send(protocol.Results(tuple(results), free=free))
-
-    def reconnect(self) -> None:
-        wait = self.liveness.next_backoff()
-        log.warning("no word from the dispatcher for %.1f s; reconnecting in %.1f s", self.liveness.ttl, wait)
-        deadline = self.clock() + wait
-        while self.clock() < deadline and not self.stopped:  # keep serving the pool meanwhile
-            time.sleep(min(0.05, max(0.0, deadline - self.clock())))
-            self.unsent.extend(self.pool.collect())
-        self.connect()
+            self.unconfirmed.add(now, results)
+            self.send(protocol.Results(results, free=free))
 
 
 def main(mode: str, argv=None) -> int:
