@@ -286,3 +286,32 @@ def test_close_leaves_no_process_alive(tmp_path):
     assert pool.collect() == [] and pool.fds() == []
     with pytest.raises(RuntimeError):
         pool.submit(make_task(ff.noop))
+
+
+def _descendants(pid: int) -> set[int]:
+    from tests.test_hardening_lifetimes import descendants
+
+    return descendants(pid)
+
+
+def test_close_also_ends_each_childs_guardian(tmp_path):
+    pool = ProcessPool(2)
+    pool.start()
+    helpers = set().union(*(_descendants(pid) for pid in pool.pids()))
+    assert len(helpers) == 2  # one guardian per child, waiting for this process to die
+    pool.close()
+    wait_until(lambda: not any(is_alive(pid) for pid in helpers), timeout=10, message="a guardian outlived close()")
+
+
+def test_a_child_whose_parent_died_before_prctl_kills_itself():
+    """The parent-death signal only counts from prctl on: a child that finds itself already
+    orphaned (getppid is not the parent it was started by) must not serve on."""
+    import subprocess
+    import sys
+
+    from tests.stack import REPO
+
+    code = "from workers.pool import _die_with_parent; _die_with_parent(1); print('survived')"
+    child = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30,
+                           start_new_session=True)  # its own group: the only one it may kill
+    assert child.returncode == -signal.SIGKILL and "survived" not in child.stdout

@@ -3,12 +3,16 @@
 N long-lived children each run one task at a time, so the parent always knows which
 task each process holds. The parent enforces deadlines by killing the child's process
 group, turns every death into a FAILED result naming the cause, and starts a
-replacement. Not thread-safe: one loop owns a pool. Standard library and dill only.
+replacement. Not thread-safe: one loop owns a pool, and the thread that starts it must
+outlive it (the kernel's parent-death signal follows the spawning thread). Children and
+everything they start die with the pool's process, even by SIGKILL (see the end of this
+module). Standard library and dill only.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import math
 import multiprocessing
@@ -16,6 +20,7 @@ import os
 import select
 import signal
 import struct
+import sys
 import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -319,7 +324,7 @@ class ProcessPool:
 
     def _spawn(self) -> None:
         parent_conn, child_conn = _CTX.Pipe(duplex=True)
-        process = _CTX.Process(target=_child_main, args=(child_conn,), name="faas-pool")
+        process = _CTX.Process(target=_child_main, args=(child_conn, os.getpid()), name="faas-pool")
         process.start()
         child_conn.close()
         death_fd, owned = _death_fd(process)
@@ -422,9 +427,10 @@ def _decode_result(frame: bytes, task_id: str) -> Result:
                   None if math.isnan(started) else started, None if math.isnan(finished) else finished)
 
 
-def _child_main(conn: Connection) -> None:
+def _child_main(conn: Connection, parent_pid: int) -> None:
     """A child's whole life: own session, then recv task -> run_call -> send result, forever."""
     os.setsid()  # own process group, so the parent's killpg also takes any grandchildren
+    _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     cache: dict = {}
@@ -437,3 +443,86 @@ def _child_main(conn: Connection) -> None:
             conn.send_bytes(_encode_result(result))
     except (EOFError, OSError):
         return  # the parent closed the pipe or went away: nothing left to serve
+
+
+# --- a child and everything it started die with the parent ------------------------------
+# The child leads its own session (so killpg reaches its grandchildren), which also means
+# nothing stops it when its parent is SIGKILLed: a `while True: pass` would spin forever.
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PARENT_POLL_INTERVAL = 0.5  # seconds between checks on the parent where no pidfd can watch it
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """In a new child, right after setsid: the kernel SIGKILLs the child the moment its
+    parent dies (whatever the user's code does: ignores signals, holds the GIL), and a
+    guardian process in the child's group then kills the whole group, grandchildren too.
+    A thread in the child could not do the latter: the SIGKILL takes it along."""
+    _set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect: no signal will come
+        _kill_own_group()
+    _start_guardian(parent_pid)
+
+
+def _set_parent_death_signal(sig: int) -> bool:
+    """prctl(PR_SET_PDEATHSIG) through ctypes; False where there is no such call (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _kill_own_group() -> None:
+    """SIGKILL the group this child leads (never a group it merely belongs to)."""
+    if os.getpgrp() == os.getpid():
+        os.killpg(0, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _start_guardian(parent_pid: int) -> None:
+    """Fork a process that waits for `parent_pid` to exit, then SIGKILLs the child's group.
+    It lives in that group, so every kill the pool aims at the child takes it too."""
+    group = os.getpgrp()
+    if os.fork() != 0:
+        return
+    try:
+        _guard(parent_pid, group)
+    finally:
+        os._exit(0)
+
+
+def _guard(parent_pid: int, group: int) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # only the pool's SIGKILL ends it early
+        signal.signal(sig, signal.SIG_IGN)
+    # Hold nothing of the child's: its pipe to the parent and multiprocessing's sentinel
+    # must close when the child exits, not when the guardian does.
+    os.closerange(3, 1 << 16)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    try:
+        watch = os.pidfd_open(parent_pid)  # readable once the parent has exited (or already has)
+    except ProcessLookupError:
+        watch = None  # already gone and reaped
+    except (AttributeError, OSError):
+        watch = -1  # no pidfd here: poll
+    if watch is not None and watch >= 0:
+        select.select([watch], [], [])
+    elif watch == -1:
+        while _exists(parent_pid):
+            time.sleep(PARENT_POLL_INTERVAL)
+    if os.getpgrp() == group:
+        os.killpg(group, signal.SIGKILL)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
