@@ -12,8 +12,12 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+from django.conf import settings  # noqa: E402
 
+from functions import startup  # noqa: E402
 from functions.routing import websocket_urlpatterns  # noqa: E402
+
+startup.check_web_process(settings)
 
 application = ProtocolTypeRouter({
     "http": django_asgi_app,

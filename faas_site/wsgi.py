@@ -6,3 +6,9 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "faas_site.settings")
 application = get_wsgi_application()
+
+from django.conf import settings  # noqa: E402
+
+from functions import startup  # noqa: E402
+
+startup.check_web_process(settings)

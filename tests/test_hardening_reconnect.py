@@ -13,7 +13,6 @@ import zmq
 
 from scripts.stack import Stack
 from tests.helpers import wait_until
-from tests.platform import start_platform
 from tests.stack import endpoint_of
 from workers import protocol
 from workers.remote import Liveness, Unconfirmed
@@ -208,7 +207,8 @@ def test_a_push_dispatcher_restarted_with_tasks_waiting_and_in_flight_completes_
     function_id = api.register(record_then_sleep)
     task_ids = [api.submit(function_id, str(runs), n, 0.3) for n in range(16)]
     for restart in (1, 2):  # each restart is a fresh chance to hit the worker mid-wait
-        wait_until(lambda: runs.exists() and len(runs.read_text().split()) >= 2 + 4 * (restart - 1), timeout=60)
+        started = 2 + 4 * (restart - 1)
+        wait_until(lambda n=started: runs.exists() and len(runs.read_text().split()) >= n, timeout=60)
         dispatcher.signal(stop)
         dispatcher.popen.wait(30)
         assert any(api.status(t) == "QUEUED" for t in task_ids)  # tasks still waiting, some were in flight

@@ -26,11 +26,13 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import zmq
 import zmq.auth
 import zmq.auth.thread
+from zmq.utils import z85
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,9 @@ PUBLIC_SUFFIX = ".key"  # zmq.auth's names; the authenticator loads every *.key 
 SECRET_SUFFIX = ".key_secret"
 SECRET_MODE = 0o600
 PRIVATE_DIR_MODE = 0o700
+
+DENIAL_REPORT_INTERVAL = 60.0  # seconds: each refused key is reported at most once per interval
+DENIAL_REPORTS_PER_INTERVAL = 10  # and at most this many refused keys in all, against a flood of keys
 
 _NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")  # a plain file name: no separators, not hidden
 
@@ -85,7 +90,7 @@ def secure_server(socket: zmq.Socket, keys_dir: str | os.PathLike) -> zmq.auth.t
     root = Path(keys_dir)
     public, secret = _load_keypair(root / f"{SERVER_NAME}{SECRET_SUFFIX}")
     allowed = _authorized_dir(root)
-    authenticator = zmq.auth.thread.ThreadAuthenticator(socket.context)
+    authenticator = ReportingAuthenticator(socket.context)
     authenticator.start()
     try:
         authenticator.configure_curve(domain="*", location=str(allowed))
@@ -108,6 +113,74 @@ def secure_client(socket: zmq.Socket, keys_dir: str | os.PathLike, worker_name: 
     socket.curve_secretkey = secret
     socket.curve_publickey = public
     socket.curve_serverkey = server_public
+
+
+class DenialLog:
+    """WARNING for each refused CURVE key, rate-limited: a refused worker retries its
+    handshake every fraction of a second for ever, and an attacker can try a new key each
+    time. Each key is reported at most once per `interval`, with how many refusals went
+    unreported meanwhile, and at most `limit` keys per interval in all. Pure: the clock is
+    injectable."""
+
+    def __init__(self, interval: float = DENIAL_REPORT_INTERVAL, limit: int = DENIAL_REPORTS_PER_INTERVAL,
+                 clock=time.monotonic):
+        self.interval = interval
+        self.limit = limit
+        self.clock = clock
+        self.reported: dict[str, float] = {}  # key -> when it was last reported
+        self.unreported: dict[str, int] = {}  # key -> refusals since then
+        self.window_start = -float("inf")
+        self.window_reports = 0
+        self.dropped = 0  # refusals not reported because the window's quota was spent
+
+    def refused(self, key: str, address: str, reason: str) -> bool:
+        """Record one refusal; log it unless rate-limited. True if it was logged."""
+        now = self.clock()
+        if now - self.reported.get(key, -float("inf")) < self.interval:
+            self.unreported[key] = self.unreported.get(key, 0) + 1
+            return False
+        if now - self.window_start >= self.interval:
+            self.window_start, self.window_reports = now, 0
+        if self.window_reports >= self.limit:
+            self.dropped += 1
+            return False
+        self.window_reports += 1
+        self.reported[key] = now
+        self._forget_older_than(now - self.interval)
+        repeats = self.unreported.pop(key, 0)
+        others, self.dropped = self.dropped, 0
+        log.warning("refused a worker connection from %s: CURVE key %s (%s)%s%s", address or "?", key, reason,
+                    f"; refused {repeats} more time(s) since its last report" if repeats else "",
+                    f"; {others} refusal(s) of other keys went unreported" if others else "")
+        return True
+
+    def _forget_older_than(self, horizon: float) -> None:
+        if len(self.reported) > 4 * self.limit:  # bounded memory under a flood of keys
+            for key in [k for k, at in self.reported.items() if at < horizon]:
+                self.reported.pop(key)
+                self.unreported.pop(key, None)
+
+
+class ReportingAuthenticator(zmq.auth.thread.ThreadAuthenticator):
+    """pyzmq's ZAP authenticator logs refusals at DEBUG only; this one reports each refused
+    key at WARNING (through DenialLog), with the address it came from."""
+
+    def __init__(self, context: zmq.Context, denials: DenialLog | None = None):
+        super().__init__(context)
+        self.denials = denials or DenialLog()
+        self._address = ""
+
+    async def handle_zap_message(self, msg: list[bytes]) -> None:
+        # ZAP request frames: version, request id, domain, address, identity, mechanism, credentials.
+        self._address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
+        await super().handle_zap_message(msg)
+
+    async def _authenticate_curve(self, domain: str, client_key: bytes) -> tuple[bool, bytes]:
+        allowed, reason = await super()._authenticate_curve(domain, client_key)
+        if not allowed:
+            key = z85.encode(client_key).decode("ascii", "replace")
+            self.denials.refused(key, self._address, reason.decode("utf-8", "replace") or "refused")
+        return allowed, reason
 
 
 # --- helpers -----------------------------------------------------------------------------

@@ -5,6 +5,8 @@ from django.core.management.base import BaseCommand, CommandError
 
 from dispatch.config import ConfigError, DispatcherConfig
 from dispatch.modes import dispatcher_class
+from functions import startup
+from functions.taskstore import store_for
 from workers import protocol
 
 
@@ -39,4 +41,5 @@ class Command(BaseCommand):
             config.validate()
         except ConfigError as exc:
             raise CommandError(str(exc)) from None
+        startup.check_dispatcher(settings, store_for(config.redis_url))
         dispatcher_class(config.mode)(config).run()
