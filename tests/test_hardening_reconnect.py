@@ -55,6 +55,16 @@ def test_results_stay_unconfirmed_until_the_dispatcher_has_answered_for_a_ttl_af
     assert unconfirmed.results() == () and len(unconfirmed) == 0
 
 
+def test_unconfirmed_results_are_capped_in_bytes_oldest_first():
+    unconfirmed = Unconfirmed(ttl=3.0, max_bytes=10)
+    big = [protocol.Result(name, "COMPLETED", b"x" * 4) for name in "abcd"]
+    for i, result in enumerate(big):
+        unconfirmed.add(float(i), (result,))
+    assert [r.task_id for r in unconfirmed.results()] == ["c", "d"] and unconfirmed.bytes == 8
+    unconfirmed.confirm(100.0)
+    assert unconfirmed.bytes == 0
+
+
 # --- a real worker process against a dispatcher the test plays by hand -----------------------
 
 INTERVAL, LIVENESS = 0.2, 2  # the worker's heartbeat settings below: silence for 0.4 s means lost

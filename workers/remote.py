@@ -27,6 +27,7 @@ from workers.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 log = logging.getLogger(__name__)
 
 SHUTDOWN_LINGER_MS = 1000  # how long a stopping worker lets ZeroMQ flush its last results
+MAX_UNCONFIRMED_BYTES = 64 * 1024 * 1024  # results kept for sending again after a reconnect
 
 
 class Liveness:
@@ -74,25 +75,32 @@ class Unconfirmed:
     on answering for a whole liveness ttl after it was sent (it reads its socket far more
     often); until then a re-registration reports its task as held and sends it again. The
     dispatcher keeps the first final state of a task, so a result sent twice is harmless.
+    Memory is capped at `max_bytes` of results: past it, the oldest count as recorded.
     """
 
-    def __init__(self, ttl: float):
+    def __init__(self, ttl: float, max_bytes: int = MAX_UNCONFIRMED_BYTES):
         self.ttl = ttl
-        self.batches: deque[tuple[float, tuple[protocol.Result, ...]]] = deque()
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.batches: deque[tuple[float, tuple[protocol.Result, ...], int]] = deque()
 
     def add(self, now: float, results: tuple[protocol.Result, ...]) -> None:
-        self.batches.append((now, results))
+        size = sum(len(r.result) for r in results)
+        self.batches.append((now, results, size))
+        self.bytes += size
+        while self.bytes > self.max_bytes and len(self.batches) > 1:
+            self.bytes -= self.batches.popleft()[2]
 
     def confirm(self, now: float) -> None:
         """The dispatcher answered at `now`: what was sent a ttl before is recorded."""
         while self.batches and self.batches[0][0] <= now - self.ttl:
-            self.batches.popleft()
+            self.bytes -= self.batches.popleft()[2]
 
     def results(self) -> tuple[protocol.Result, ...]:
-        return tuple(r for _, batch in self.batches for r in batch)
+        return tuple(r for _, batch, _ in self.batches for r in batch)
 
     def __len__(self) -> int:
-        return sum(len(batch) for _, batch in self.batches)
+        return sum(len(batch) for _, batch, _ in self.batches)
 
 
 class RemoteWorker:
