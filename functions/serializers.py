@@ -83,3 +83,19 @@ class ExecutedSerializer(TaskIdSerializer):
                                      help_text="with ?wait= only")
     result = serializers.CharField(allow_null=True, required=False, help_text="with ?wait= only, as in /result")
     error = serializers.CharField(required=False, help_text="with ?wait=, when FAILED")
+
+
+MAX_RESULTS_IDS = 10_000  # task ids one POST /results may ask about
+
+
+class ResultsRequestSerializer(serializers.Serializer):
+    task_ids = serializers.ListField(child=IdField(), min_length=1, max_length=MAX_RESULTS_IDS)
+    wait = serializers.FloatField(required=False, default=0.0, min_value=0.0, max_value=60.0,
+                                  help_text="seconds to wait for final states (0 to 60)")
+    min = serializers.IntegerField(required=False, default=1, min_value=1,
+                                   help_text="answer early once this many of the tasks are final (default 1)")
+
+
+class ResultsSerializer(serializers.Serializer):
+    results = ResultSerializer(many=True, help_text="the final tasks, each as GET /result answers it")
+    pending = serializers.DictField(child=serializers.CharField(), help_text="task id -> status of the others")

@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from functions import serializers as s
 from functions import services
+from functions.lean import LeanViewMixin
 from workers import serialization
 
 MAX_WAIT_SECONDS = 60.0  # longest a client may hold a /result long-poll open
@@ -25,7 +26,7 @@ def task_body(view: services.TaskView, with_result: bool) -> dict:
     return body
 
 
-class RegisterFunctionView(APIView):
+class RegisterFunctionView(LeanViewMixin, APIView):
     """Register a callable: `payload` is base64 of `dill.dumps(fn)`."""
 
     @extend_schema(request=s.RegisterFunctionSerializer, responses={201: s.FunctionIdSerializer})
@@ -53,7 +54,7 @@ def wait_seconds(request) -> float:
     return wait
 
 
-class ExecuteFunctionView(APIView):
+class ExecuteFunctionView(LeanViewMixin, APIView):
     """Queue one call: `payload` is base64 of `dill.dumps(((args...), {kwargs}))`. With
     `?wait=<seconds>` the answer also carries the result, as soon as the task finishes
     (a synchronous call in one request; still QUEUED or RUNNING when `wait` runs out)."""
@@ -77,7 +78,7 @@ class ExecuteFunctionView(APIView):
         return Response(queued, status=status.HTTP_201_CREATED)
 
 
-class ExecuteBatchView(APIView):
+class ExecuteBatchView(LeanViewMixin, APIView):
     """Queue many calls of one function in one request; ids come back in order."""
 
     @extend_schema(request=s.ExecuteBatchSerializer, responses={201: s.TaskIdsSerializer})
@@ -92,14 +93,14 @@ class ExecuteBatchView(APIView):
         return Response({"task_ids": [str(t.id) for t in tasks]}, status=status.HTTP_201_CREATED)
 
 
-class StatusView(APIView):
+class StatusView(LeanViewMixin, APIView):
     @extend_schema(responses={200: s.StatusSerializer})
     def get(self, request, task_id):
         view = services.task_view(owner=request.user, task_id=task_id)
         return Response(task_body(view, with_result=False))
 
 
-class ResultView(APIView):
+class ResultView(LeanViewMixin, APIView):
     """The result; `?wait=<seconds>` answers as soon as the task finishes (long-poll)."""
 
     @extend_schema(responses={200: s.ResultSerializer}, parameters=[WAIT_PARAMETER])
@@ -112,7 +113,7 @@ class ResultView(APIView):
         return Response(task_body(view, with_result=True))
 
 
-class CancelView(APIView):
+class CancelView(LeanViewMixin, APIView):
     """Cancel a task: a queued task never runs; a running task's process is stopped.
     `?queued_only=1` cancels only a task that has not started (409 otherwise)."""
 
@@ -126,3 +127,23 @@ class CancelView(APIView):
         except services.NotCancellable as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(task_body(services.task_view(owner=request.user, task_id=task_id), with_result=False))
+
+
+class ResultsView(LeanViewMixin, APIView):
+    """Many tasks' results in one request: those already final, or, with `wait`, once at
+    least `min` of them are (lingering a moment while more keep finishing) or `wait` runs
+    out. Tasks not final yet are listed in `pending` with their status."""
+
+    @extend_schema(request=s.ResultsRequestSerializer, responses={200: s.ResultsSerializer})
+    def post(self, request):
+        data = s.ResultsRequestSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        views = services.tasks_wait(owner=request.user, task_ids=data.validated_data["task_ids"],
+                                    timeout=data.validated_data["wait"], at_least=data.validated_data["min"])
+        results, pending = [], {}
+        for view in views.values():
+            if view.final:
+                results.append(task_body(view, with_result=True))
+            else:
+                pending[view.task_id] = view.status
+        return Response({"results": results, "pending": pending})

@@ -1,0 +1,56 @@
+"""The API views' plumbing made cheap: orjson in and out, and JSON picked without parsing
+the Accept header when the client asks for JSON or anything.
+
+DRF's defaults parse every Accept header into media types and rank them, and encode with
+the standard library's json: on a no-op submit those cost more than the task's Redis
+write. The browsable API and `?format=` still work: any other Accept goes to DRF's own
+negotiation, and an indented (browsable) rendering to DRF's own renderer.
+"""
+
+from __future__ import annotations
+
+import orjson
+from rest_framework.exceptions import ParseError
+from rest_framework.negotiation import DefaultContentNegotiation
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
+from rest_framework.utils.encoders import JSONEncoder
+
+JSON_ACCEPTS = frozenset(("", "*/*", "application/json"))
+_encoder = JSONEncoder()  # DRF's fallbacks for what orjson does not know (lazy strings, Decimal, ...)
+
+
+class OrjsonRenderer(JSONRenderer):
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        if data is None:
+            return b""
+        if self.get_indent(accepted_media_type, renderer_context or {}):
+            return super().render(data, accepted_media_type, renderer_context)
+        return orjson.dumps(data, default=_encoder.default, option=orjson.OPT_NON_STR_KEYS)
+
+
+class OrjsonParser(JSONParser):
+    def parse(self, stream, media_type=None, parser_context=None):
+        try:
+            return orjson.loads(stream.read())
+        except orjson.JSONDecodeError as exc:
+            raise ParseError(f"JSON parse error - {exc}") from None
+
+
+class JSONFirstNegotiation(DefaultContentNegotiation):
+    """JSON at once for `Accept: application/json`, `*/*` or none; DRF decides the rest."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        if (not format_suffix and request.META.get("HTTP_ACCEPT", "") in JSON_ACCEPTS
+                and "format=" not in request.META.get("QUERY_STRING", "")
+                and isinstance(renderers[0], OrjsonRenderer)):
+            return renderers[0], renderers[0].media_type
+        return super().select_renderer(request, renderers, format_suffix)
+
+
+class LeanViewMixin:
+    """For APIView subclasses: the parsers, renderers and negotiation above."""
+
+    parser_classes = [OrjsonParser, FormParser, MultiPartParser]
+    renderer_classes = [OrjsonRenderer, BrowsableAPIRenderer]
+    content_negotiation_class = JSONFirstNegotiation
