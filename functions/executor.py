@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 WAITERS = 4  # threads resolving futures; each holds one long-poll open at a time
-WINDOW = 2000  # unresolved tasks one waiter asks after in one request
+WINDOW = 500  # unresolved tasks one waiter asks after in one request (the oldest: they finish first)
 POLL_WAIT = 5.0  # seconds one long-poll is held before the waiter asks again (and takes in newer tasks)
 LINGER = 0.001  # seconds the sender waits for more submits before it sends what it has
 BATCH_CALLS = 1000  # calls per submit request

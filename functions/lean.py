@@ -9,8 +9,12 @@ negotiation, and an indented (browsable) rendering to DRF's own renderer.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import orjson
-from rest_framework.exceptions import ParseError
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework.exceptions import ParseError, ValidationError
+from rest_framework.fields import SkipField, empty, get_error_detail
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
@@ -54,3 +58,26 @@ class LeanViewMixin:
     parser_classes = [OrjsonParser, FormParser, MultiPartParser]
     renderer_classes = [OrjsonRenderer, BrowsableAPIRenderer]
     content_negotiation_class = JSONFirstNegotiation
+
+
+def validated(serializer_class, data) -> dict:
+    """What `serializer_class(data=data)` validates to, or its ValidationError, without the
+    deep copy of every field DRF makes per serializer instance. For serializers of plain
+    fields only (no `validate*` hooks, no nested serializers): the class's own unbound
+    field instances are used, which validation never changes, so threads can share them."""
+    if not isinstance(data, Mapping):
+        raise ValidationError({"non_field_errors": [f"Invalid data. Expected a dictionary, but got "
+                                                    f"{type(data).__name__}."]})
+    values, errors = {}, {}
+    for name, field in serializer_class._declared_fields.items():
+        try:
+            values[name] = field.run_validation(data.get(name, empty))
+        except ValidationError as exc:
+            errors[name] = exc.detail
+        except DjangoValidationError as exc:
+            errors[name] = get_error_detail(exc)
+        except SkipField:
+            pass
+    if errors:
+        raise ValidationError(errors)
+    return values

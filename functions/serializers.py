@@ -3,6 +3,8 @@
 import uuid
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from functions.errors import PayloadTooLarge
@@ -29,13 +31,20 @@ class PayloadField(serializers.CharField):
             raise serializers.ValidationError(str(exc)) from None
 
 
-class IdField(serializers.CharField):
+@extend_schema_field(OpenApiTypes.UUID)
+class IdField(serializers.Field):
+    """A task or function id: a UUID string (no CharField validators: ids come by the thousand)."""
+
     def to_internal_value(self, data):
-        text = super().to_internal_value(data)
+        if not isinstance(data, str):
+            raise serializers.ValidationError(f"{data!r} is not a valid id.")
         try:
-            return uuid.UUID(text)
+            return uuid.UUID(data)
         except ValueError:
-            raise serializers.ValidationError(f"{text!r} is not a valid id.") from None
+            raise serializers.ValidationError(f"{data!r} is not a valid id.") from None
+
+    def to_representation(self, value):
+        return str(value)
 
 
 class RegisterFunctionSerializer(serializers.Serializer):

@@ -229,8 +229,8 @@ def task_wait(*, owner, task_id, timeout: float) -> TaskView:
     return view
 
 
-LINGER_GAP = 0.002  # seconds: once enough tasks are final, a wait for many answers after this long without news
-LINGER_MAX = 0.025  # seconds: ... and at most this long after enough were final, while completions keep coming
+LINGER_GAP = 0.01  # seconds: once enough tasks are final, a wait for many answers after this long without news
+LINGER_MAX = 0.2  # seconds: ... and at most this long after enough were final, while completions keep coming
 
 
 VIEW_FIELDS = ("status", "owner", "result", "error")

@@ -11,7 +11,7 @@ from rest_framework.views import APIView
 
 from functions import serializers as s
 from functions import services
-from functions.lean import LeanViewMixin
+from functions.lean import LeanViewMixin, validated
 from workers import serialization
 
 MAX_WAIT_SECONDS = 60.0  # longest a client may hold a /result long-poll open
@@ -31,9 +31,8 @@ class RegisterFunctionView(LeanViewMixin, APIView):
 
     @extend_schema(request=s.RegisterFunctionSerializer, responses={201: s.FunctionIdSerializer})
     def post(self, request):
-        data = s.RegisterFunctionSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        function = services.function_register(owner=request.user, **data.validated_data)
+        data = validated(s.RegisterFunctionSerializer, request.data)
+        function = services.function_register(owner=request.user, **data)
         return Response({"function_id": str(function.id)}, status=status.HTTP_201_CREATED)
 
 
@@ -64,11 +63,10 @@ class ExecuteFunctionView(LeanViewMixin, APIView):
     def post(self, request):
         received_at = time.time()
         wait = wait_seconds(request)
-        data = s.ExecuteFunctionSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        function = services.function_get(owner=request.user, function_id=data.validated_data["function_id"])
-        task = services.task_submit(owner=request.user, function=function, payload=data.validated_data["payload"],
-                                    timeout=data.validated_data.get("timeout"), received_at=received_at)
+        data = validated(s.ExecuteFunctionSerializer, request.data)
+        function = services.function_get(owner=request.user, function_id=data["function_id"])
+        task = services.task_submit(owner=request.user, function=function, payload=data["payload"],
+                                    timeout=data.get("timeout"), received_at=received_at)
         queued = {"task_id": str(task.id)}
         if wait:
             try:
@@ -84,12 +82,11 @@ class ExecuteBatchView(LeanViewMixin, APIView):
     @extend_schema(request=s.ExecuteBatchSerializer, responses={201: s.TaskIdsSerializer})
     def post(self, request):
         received_at = time.time()
-        data = s.ExecuteBatchSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        function = services.function_get(owner=request.user, function_id=data.validated_data["function_id"])
+        data = validated(s.ExecuteBatchSerializer, request.data)
+        function = services.function_get(owner=request.user, function_id=data["function_id"])
         tasks = services.task_submit_batch(owner=request.user, function=function,
-                                           payloads=data.validated_data["payloads"],
-                                           timeout=data.validated_data.get("timeout"), received_at=received_at)
+                                           payloads=data["payloads"],
+                                           timeout=data.get("timeout"), received_at=received_at)
         return Response({"task_ids": [str(t.id) for t in tasks]}, status=status.HTTP_201_CREATED)
 
 
@@ -136,10 +133,9 @@ class ResultsView(LeanViewMixin, APIView):
 
     @extend_schema(request=s.ResultsRequestSerializer, responses={200: s.ResultsSerializer})
     def post(self, request):
-        data = s.ResultsRequestSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        views = services.tasks_wait(owner=request.user, task_ids=data.validated_data["task_ids"],
-                                    timeout=data.validated_data["wait"], at_least=data.validated_data["min"])
+        data = validated(s.ResultsRequestSerializer, request.data)
+        views = services.tasks_wait(owner=request.user, task_ids=data["task_ids"],
+                                    timeout=data["wait"], at_least=data["min"])
         results, pending = [], {}
         for view in views.values():
             if view.final:
