@@ -9,8 +9,6 @@ negotiation, and an indented (browsable) rendering to DRF's own renderer.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import orjson
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework.exceptions import ParseError, ValidationError
@@ -64,10 +62,12 @@ def validated(serializer_class, data) -> dict:
     """What `serializer_class(data=data)` validates to, or its ValidationError, without the
     deep copy of every field DRF makes per serializer instance. For serializers of plain
     fields only (no `validate*` hooks, no nested serializers): the class's own unbound
-    field instances are used, which validation never changes, so threads can share them."""
-    if not isinstance(data, Mapping):
-        raise ValidationError({"non_field_errors": [f"Invalid data. Expected a dictionary, but got "
-                                                    f"{type(data).__name__}."]})
+    field instances are used, which validation never changes, so threads can share them.
+    Anything but a JSON object (a form post, a list) takes DRF's own path."""
+    if type(data) is not dict:
+        serializer = serializer_class(data=data)
+        serializer.is_valid(raise_exception=True)
+        return dict(serializer.validated_data)
     values, errors = {}, {}
     for name, field in serializer_class._declared_fields.items():
         try:

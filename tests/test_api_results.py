@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from functions.taskstore import keys
 from tests.helpers import finish_task
 from tests.test_api import client_for, execute, register
-from workers.serialization import deserialize
+from workers.serialization import deserialize, serialize
 
 pytestmark = pytest.mark.django_db
 
@@ -105,3 +105,19 @@ def test_bad_requests_are_a_json_400_naming_the_field(alice, body, field):
 def test_listed_in_the_openapi_schema(alice):
     schema = alice.get("/schema").content.decode()
     assert "/results" in schema and "ResultsRequest" in schema
+
+
+def test_the_lean_json_path_keeps_drf_behaviour_for_other_inputs(alice):
+    function_id = register(alice)
+    form = alice.post("/execute_batch", {"function_id": function_id,
+                                         "payloads": [serialize(((1, 2), {})), serialize(((3, 4), {}))]})
+    assert form.status_code == 201 and len(form.json()["task_ids"]) == 2  # a form post, a list field
+    listed = alice.post("/results", [1, 2], format="json")
+    assert listed.status_code == 400 and "non_field_errors" in listed.json()
+    html = alice.get(f"/status/{form.json()['task_ids'][0]}", HTTP_ACCEPT="text/html")
+    assert html.status_code == 200 and html["Content-Type"].startswith("text/html")
+    browser = "text/html,application/xhtml+xml,*/*;q=0.8"
+    as_json = alice.get(f"/status/{form.json()['task_ids'][0]}?format=json", HTTP_ACCEPT=browser)
+    assert as_json["Content-Type"].startswith("application/json") and as_json.json()["status"] == "QUEUED"
+    accented = alice.post("/execute_function", {"function_id": "é"}, format="json").json()
+    assert accented == {"function_id": ["'é' is not a valid id."], "payload": ["This field is required."]}
