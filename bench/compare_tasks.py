@@ -6,6 +6,7 @@ to the client through that variable. Everything else is Celery's defaults.
 """
 
 import os
+import time
 
 from celery import Celery
 
@@ -21,3 +22,15 @@ app.conf.broker_connection_retry_on_startup = True
 def noop():
     """The empty task, as bench.tasks.noop."""
     return None
+
+
+@app.task(name="bench.noop_with")
+def noop_with(value):
+    """The empty task with one argument, as bench.tasks.noop_with."""
+    return None
+
+
+@app.task(name="bench.pause")
+def pause(seconds):
+    """As bench.tasks.pause."""
+    time.sleep(seconds)

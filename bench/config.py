@@ -24,6 +24,7 @@ class BenchConfig:
     burst_batch: int  # calls per request while queueing the burst
     floor_samples: int  # round trips per floor measurement
     daphne: bool  # also measure one-request-per-task and the floor through daphne (ASGI)
+    userpath_passes: int = 1  # passes of each user-path workload per system; the median is reported
     workers: int = 2  # worker processes for throughput, latency and memory
     modes: tuple[str, ...] = MODES
     run_timeout: float = 180.0  # seconds any single run may take before it is recorded as unfinished
@@ -35,7 +36,8 @@ class BenchConfig:
 LEVELS = {
     "full": BenchConfig("full", throughput_tasks=2000, clients=16, batch_size=250, latency_round_trips=300,
                         scaling_processes=(1, 2, 4, 8), tasks_per_process=10, sleep_seconds=0.1,
-                        scaling_repeats=3, burst_tasks=10_000, burst_batch=1000, floor_samples=1000, daphne=True),
+                        scaling_repeats=3, burst_tasks=10_000, burst_batch=1000, floor_samples=1000, daphne=True,
+                        userpath_passes=3),
     "quick": BenchConfig("quick", throughput_tasks=400, clients=16, batch_size=100, latency_round_trips=100,
                          scaling_processes=(1, 2, 4, 8), tasks_per_process=10, sleep_seconds=0.1,
                          scaling_repeats=1, burst_tasks=1000, burst_batch=500, floor_samples=100, daphne=True,

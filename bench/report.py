@@ -58,6 +58,37 @@ def errors_section(results: dict) -> str:
     return f"## Sections that failed\n\n{items}\n\nTracebacks are in results.json.\n"
 
 
+def userpath_section(results: dict) -> str:
+    from bench.userpath import FIGURES, SYSTEMS
+
+    up = results.get("userpath") or {}
+    systems = up.get("systems") or {}
+    if not systems:
+        return "## The user's path, against Celery and Ray\n\nNot measured (see the failed sections).\n"
+    present = [name for name in SYSTEMS if name in systems]
+    header = ["figure"] + [systems[n].get("name") or n for n in present] + ["ours / Celery", "ours / Ray"]
+    rows = []
+    for key, (label, unit, better) in FIGURES.items():
+        cells = []
+        for name in present:
+            figure = systems[name].get(key)
+            digits = 0 if unit == "tasks/s" else 2 if unit == "ms" else 3
+            cells.append("–" if not figure else f(figure["median"], digits) + (
+                f" [{f(figure['min'], digits)}–{f(figure['max'], digits)}]" if figure["min"] != figure["max"] else ""))
+        ratio = [up.get("ratios", {}).get(peer, {}).get(key) for peer in ("celery", "ray")]
+        rows.append([f"{label} ({unit}, {better} is better)"] + cells + [f(r, 2) for r in ratio])
+    errors = "".join(f"\n- **{systems[n].get('name') or n}**: {'; '.join(systems[n]['errors'])}"
+                     for n in present if systems[n].get("errors"))
+    sz = up.get("sizes", {})
+    return (f"## The user's path, against Celery and Ray\n\nThe same workloads through each system's own client, "
+            f"run as a program of its own: {sz.get('tasks')} no-op tasks per throughput figure, "
+            f"{sz.get('round_trips')} sequential round trips, median [min–max] of {sz.get('passes')} pass(es). "
+            f"The platform: push mode, 2 worker processes, gunicorn, results fetched through the API by the client "
+            f"(`FaaSClient`, `FaaSExecutor`). Celery: prefork concurrency 2, Redis broker and result backend. "
+            f"Ray: local, 2 CPUs. Ratios are ours divided by theirs (for ms and the sleep ratio, below 1 is "
+            f"better).\n\n" + table(header, rows) + (f"\n\nErrors:{errors}" if errors else "") + "\n")
+
+
 def floor_section(results: dict) -> str:
     floor = results.get("floor") or {}
     rows = [[FLOOR_LABELS.get(k, k), f(v["p50"], 3), f(v["p95"], 3), f(v["p99"], 3), v["n"]] for k, v in floor.items()]
@@ -220,7 +251,8 @@ def write_report(results: dict, out: Path) -> Path:
             f"Web server for the REST API: {meta.get('web', '?')}. Redis, web servers, "
             f"dispatchers and workers all run on this machine, beside the load generator. Raw figures: "
             f"results.json.\n")
-    sections = [head, summary_section(results), errors_section(results), floor_section(results),
+    sections = [head, summary_section(results), errors_section(results), userpath_section(results),
+                floor_section(results),
                 throughput_section(results, images), latency_section(results, images),
                 breakdown_section(results, images), scaling_section(results, images),
                 memory_section(results, images), compare_section(results), profile_section(results)]

@@ -15,7 +15,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import breakdown, compare, floor, latency, memory, procstat, profiling, scaling, throughput
+from bench import breakdown, compare, floor, latency, memory, procstat, profiling, scaling, throughput, userpath
 from bench.config import TARGET_MODE, BenchConfig
 from bench.harness import BenchPlatform, dump
 from bench.load import CompletionWatcher
@@ -26,7 +26,7 @@ class Suite:
         self.config, self.out, self.profile, self.command = config, out, profile, command
         self.began = time.monotonic()
         self.results: dict = {"meta": {}, "floor": {}, "throughput": [], "latency": [], "breakdown": [],
-                              "scaling": [], "memory": {}, "compare": {}, "errors": []}
+                              "scaling": [], "memory": {}, "compare": {}, "userpath": {}, "errors": []}
 
     def say(self, text: str) -> None:
         print(f"[bench {time.monotonic() - self.began:6.1f} s] {text}", file=sys.stderr, flush=True)
@@ -44,6 +44,7 @@ class Suite:
     def run(self) -> dict:
         self.out.mkdir(parents=True, exist_ok=True)
         config, harness = self.config, BenchPlatform(self.out)
+        systems: dict = {}
         self.results["meta"] = meta(config, self.command)
         try:
             self.say("starting Redis, database and web servers")
@@ -61,6 +62,8 @@ class Suite:
                         self.section(f"scaling {mode} {processes}", self.scaling_point, harness, watcher, mode,
                                      processes)
                 scaling.add_relative_efficiency(self.results["scaling"])
+                self.say(f"user path: the platform through its own client, {config.throughput_tasks} tasks")
+                systems["platform"] = self.section("user path platform", userpath.platform, harness, config)
                 self.say(f"memory: burst of {config.burst_tasks} tasks")
                 self.results["memory"] = self.section("memory", self.memory, harness, watcher) or {}
                 if self.profile:
@@ -76,6 +79,13 @@ class Suite:
         # After the platform is stopped, so the competitors have the machine to themselves as it had.
         self.say("compared with RQ and Celery")
         self.results["compare"] = self.section("compare", compare.run, config, self.out, self.say) or {}
+        logs = self.out / "logs"
+        for name, run in (("celery", userpath.celery), ("ray", userpath.ray)):
+            self.say(f"user path: {name} through its own client")
+            systems[name] = self.section(f"user path {name}", run, config, logs)
+        summaries = {name: userpath.summarize(raw or {"errors": ["not run"]}) for name, raw in systems.items()}
+        self.results["userpath"] = {"sizes": userpath.sizes(config), "systems": summaries,
+                                    "ratios": userpath.ratios(summaries)}
         self.results["meta"]["duration_s"] = time.monotonic() - self.began
         self.results["meta"]["load_after"] = procstat.load_average()
         return self.results

@@ -12,3 +12,8 @@ def noop():
 def pause(seconds: float):
     """A task that holds its process for `seconds` without using the CPU."""
     time.sleep(seconds)
+
+
+def noop_with(value):
+    """The empty task with one argument, for map."""
+    return None

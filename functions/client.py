@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import dill
 
+from functions.collector import ResultCollector
 from functions.shipping import Shipper
 from functions.transport import ClientError, Transport, TransportError
 from workers.exceptions import FunctionFailedException, WorkerFailureException
@@ -49,16 +50,19 @@ class FaaSClient:
     """One platform, one user: `base_url` of the web server and a DRF token (default:
     the FAAS_TOKEN environment variable; none for a server that allows anonymous use).
     `timeout` bounds every HTTP request; waits for results add their own time on top.
+    `prefetch`: how many of this client's other unfinished tasks a wait for results also
+    asks after (functions.collector); 0 asks only for what the caller waits for.
     Thread-safe: one pool of keep-alive connections is shared by every thread."""
 
     def __init__(self, base_url: str, token: str | None = None, *, timeout: float = 30.0,
-                 shipper: Shipper | None = None):
+                 shipper: Shipper | None = None, prefetch: int = 1000):
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.shipper = shipper or Shipper()
         token = token if token is not None else os.environ.get("FAAS_TOKEN")
         self.transport = Transport(self.base_url, {"Authorization": f"Token {token}"} if token else {},
                                    connections=CONNECTIONS)
+        self.collector = ResultCollector(self.poll_many, self.poll, prefetch=prefetch, max_wait=MAX_WAIT)
 
     # --- functions and tasks --------------------------------------------------------------
 
@@ -83,7 +87,9 @@ class FaaSClient:
                     timeout: float | None = None) -> str:
         """`submit` with the call spelled out, leaving room for options such as a
         `timeout` (the task's deadline in seconds: past it the task FAILS)."""
-        return self._execute(function_id, args, kwargs, timeout)["task_id"]
+        task_id = self._execute(function_id, args, kwargs, timeout)["task_id"]
+        self.collector.submitted((task_id,))
+        return task_id
 
     def call(self, function_id: str, /, *args, **kwargs):
         """Run `fn(*args, **kwargs)` and return its value (or raise its exception), in one
@@ -112,8 +118,16 @@ class FaaSClient:
         """Queue many calls of one function, each `(args, kwargs)`; returns the task ids in
         order. Large batches go in several requests; if one fails, the APIError carries the
         ids already queued as `task_ids`."""
+        ids = self.submit_payloads(function_id, (self.encode_call(*_call_pair(call)) for call in calls),
+                                   timeout=timeout)
+        self.collector.submitted(ids)
+        return ids
+
+    def submit_payloads(self, function_id: str, payloads: Iterable[str], *, timeout: float | None = None) -> list[str]:
+        """`submit_batch` of calls already encoded (`encode_call`), without remembering the
+        ids for `result`: the executor collects its own."""
         ids: list[str] = []
-        for chunk in _chunks(self.encode_call(*_call_pair(call)) for call in calls):
+        for chunk in _chunks(payloads):
             body = {"function_id": function_id, "payloads": chunk}
             if timeout is not None:
                 body["timeout"] = timeout
@@ -128,25 +142,61 @@ class FaaSClient:
         """QUEUED, RUNNING, COMPLETED or FAILED."""
         return self._call("GET", f"/status/{task_id}")["status"]
 
-    def result(self, task_id: str, timeout: float | None = None):
+    def result(self, task_id: str | Iterable[str], timeout: float | None = None):
         """The task's return value, waiting up to `timeout` seconds (None: as long as it
-        takes). A failed task raises its exception: the function's own type with
-        `.remote_traceback`, or WorkerFailureException / FunctionFailedException.
-        Raises TimeoutError if the task has not finished in time."""
+        takes); for a list of ids, the list of their values, gathered in a few requests.
+        A failed task raises its exception (the first failed one in the list's order): the
+        function's own type with `.remote_traceback`, or WorkerFailureException /
+        FunctionFailedException. Raises TimeoutError if not finished in time."""
+        if not isinstance(task_id, str):
+            return self.results(list(task_id), timeout)
         body = self.wait(task_id, timeout)
         if body["status"] not in FINAL:
             raise TimeoutError(f"task {task_id} is still {body['status']} after {timeout:g} s")
         return self.outcome(body)
 
+    def results(self, task_ids: list[str], timeout: float | None = None) -> list:
+        """The values of many tasks, in order, once all are final (see `result`)."""
+        bodies = self.wait_many(task_ids, timeout)
+        late = [t for t in task_ids if t not in bodies]
+        if late:
+            raise TimeoutError(f"{len(late)} of {len(task_ids)} tasks are not finished after {timeout:g} s "
+                               f"(the first: {late[0]})")
+        return [self.outcome(bodies[t]) for t in task_ids]
+
     def wait(self, task_id: str, timeout: float | None = None) -> dict:
         """The /result body once the task is final or `timeout` has passed, through the
         server's long-poll in chunks of at most a minute; never raises the task's error."""
+        body = self.collector.collect([task_id], timeout).get(task_id)
+        return body if body is not None else self.poll(task_id)
+
+    def wait_many(self, task_ids: list[str], timeout: float | None = None) -> dict[str, dict]:
+        """{task id: final /result body} once all of `task_ids` are final, or those that are
+        when `timeout` passes; never raises the tasks' errors."""
+        return self.collector.collect(task_ids, timeout)
+
+    def as_completed(self, task_ids: Iterable[str], timeout: float | None = None) -> Iterator[str]:
+        """Yield the task ids as their tasks finish; `result(task_id)` then answers without
+        a request. Raises TimeoutError when `timeout` (from this call) passes first."""
         end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = MAX_WAIT if end is None else min(MAX_WAIT, max(0.0, end - time.monotonic()))
-            body = self.poll(task_id, left)
-            if body["status"] in FINAL or left <= 0 or (end is not None and time.monotonic() >= end):
-                return body
+        pending = list(dict.fromkeys(task_ids))
+        while pending:
+            left = None if end is None else end - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"{len(pending)} tasks are not finished after {timeout:g} s")
+            bodies = self.collector.collect(pending, left, need=1)
+            self.collector.put_back(bodies.values())
+            for task_id in bodies:
+                yield task_id
+            pending = [t for t in pending if t not in bodies]
+
+    def poll_many(self, task_ids: list[str], wait: float = 0.0, at_least: int = 1) -> tuple[list[dict], dict]:
+        """One POST /results: (final /result bodies, {task id: status} of the others), held
+        by the server up to `wait` seconds until `at_least` of them are final."""
+        wait = min(max(wait, 0.0), MAX_WAIT)
+        body = self._call("POST", "/results", json={"task_ids": task_ids, "wait": round(wait, 3), "min": at_least},
+                          timeout=self.timeout + wait)
+        return body["results"], body["pending"]
 
     def poll(self, task_id: str, wait: float = 0.0) -> dict:
         """One /result request, held by the server up to `wait` seconds (at most a minute)."""

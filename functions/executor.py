@@ -1,9 +1,14 @@
 """FaaSExecutor: the platform as a `concurrent.futures.Executor`.
 
-Tasks are submitted over HTTP in the caller's thread, so a Future always has a task id.
-A few waiter threads resolve the futures through the server's long-poll, each watching the
-oldest unresolved task nobody else watches: the dispatcher runs tasks in queue order, so
-those are the ones that finish next. No thread per task and no polling loop.
+`submit` returns its future at once: the call is pickled in the caller's thread (so an
+unpicklable argument raises there), then a sender thread packs whatever was submitted
+within a short linger (or `batch_calls` calls) into one /execute_batch request. A few
+waiter threads resolve the futures through POST /results, each asking after up to
+`window` of the oldest unresolved tasks nobody else watches in one long-poll; the server
+answers as they finish, many at a time. No thread per task, no request per task, no polling.
+
+A submit request is never sent twice: if it got no answer, its futures fail with the
+TransportError (their tasks may or may not have been queued), so no call runs twice.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import dill
 
-from functions.transport import TransportError
+from functions.transport import ClientError, TransportError
 from workers.protocol import TaskStatus
 
 if TYPE_CHECKING:
@@ -30,29 +35,42 @@ log = logging.getLogger(__name__)
 
 FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 WAITERS = 4  # threads resolving futures; each holds one long-poll open at a time
-POLL_WAIT = 30.0  # seconds one long-poll is held before the waiter asks again
+WINDOW = 500  # unresolved tasks one waiter asks after in one request (the oldest: they finish first)
+POLL_WAIT = 5.0  # seconds one long-poll is held before the waiter asks again (and takes in newer tasks)
+LINGER = 0.001  # seconds the sender waits for more submits before it sends what it has
+BATCH_CALLS = 1000  # calls per submit request
 RETRY_FOR = 60.0  # seconds a waiter keeps retrying a task through network or server errors
 RETRY_PAUSE = 1.0  # seconds between those retries
 
 
 class TaskFuture(Future):
-    """A Future for one task, with its `task_id`. `cancel()` cancels a task that has not
-    started (it then never runs) and, like any Future, returns False once the task runs
-    or has finished; `FaaSClient.cancel(future.task_id)` stops a running one."""
+    """A Future for one task. `task_id` is known once the sender's request is answered
+    (reading it waits for that; None if the submit failed or the future was cancelled
+    before it was sent). `cancel()` cancels a task that has not started (it then never
+    runs) and, like any Future, returns False once the task runs or has finished;
+    `FaaSClient.cancel(future.task_id)` stops a running one."""
 
-    def __init__(self, executor: FaaSExecutor, task_id: str, seq: int):
+    def __init__(self, executor: FaaSExecutor, seq: int):
         super().__init__()
-        self.executor, self.task_id, self.seq = executor, task_id, seq
+        self.executor, self.seq = executor, seq
+        self._task_id: str | None = None
+        self._sent = threading.Event()  # set once the task id is known, or will never be
         self.settling = threading.Lock()  # held while cancelling or resolving: one of them wins
         self.failing_since: float | None = None
+
+    @property
+    def task_id(self) -> str | None:
+        self._sent.wait()
+        return self._task_id
 
     def cancel(self) -> bool:
         if self.running() or self.done():
             return self.cancelled()
         with self.settling:
-            if not self.done() and self.executor._cancel_queued(self):
+            if not self.done() and (self.executor._unsend(self) or self.executor._cancel_queued(self)):
                 super().cancel()
                 self.set_running_or_notify_cancel()  # CANCELLED_AND_NOTIFIED: wakes wait()/as_completed()
+                self._sent.set()
                 self.executor._forget(self)
             return self.cancelled()
 
@@ -60,24 +78,29 @@ class TaskFuture(Future):
         return self.seq < other.seq
 
     def __repr__(self) -> str:
-        return f"<TaskFuture {self.task_id} {self._state}>"
+        return f"<TaskFuture {self._task_id or '(not sent yet)'} {self._state}>"
 
 
 class FaaSExecutor(Executor):
     """Run callables on the platform: `submit` registers each function once and returns a
-    TaskFuture; `map` submits in batches and yields in order. `task_timeout` is every
-    task's deadline in seconds; `waiters` the number of threads resolving futures."""
+    TaskFuture at once; `map` submits every call at once and yields in order.
+    `task_timeout` is every task's deadline in seconds; `waiters` the number of threads
+    resolving futures; `linger` and `batch_calls` how submits are packed into requests."""
 
     def __init__(self, client: FaaSClient, *, waiters: int = WAITERS, task_timeout: float | None = None,
-                 poll_wait: float = POLL_WAIT, by_value: bool = True):
+                 poll_wait: float = POLL_WAIT, by_value: bool = True, linger: float = LINGER,
+                 batch_calls: int = BATCH_CALLS, window: int = WINDOW):
         if waiters < 1:
             raise ValueError("waiters must be at least 1")
         self.client, self.waiters, self.task_timeout = client, waiters, task_timeout
         self.poll_wait, self.by_value = poll_wait, by_value
+        self.linger, self.batch_calls, self.window = linger, max(1, batch_calls), max(1, window)
         self._cond = threading.Condition()
-        self._queue: list[TaskFuture] = []  # heap of futures nobody is watching
+        self._outbox: list[tuple[TaskFuture, str, str]] = []  # (future, function id, payload) not sent yet
+        self._queue: list[TaskFuture] = []  # heap of sent futures nobody is watching
         self._unresolved: set[TaskFuture] = set()
         self._threads: list[threading.Thread] = []
+        self._sender: threading.Thread | None = None
         self._shutdown = False
         self._seq = itertools.count()
         self._register_lock = threading.Lock()
@@ -91,7 +114,7 @@ class FaaSExecutor(Executor):
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
             chunksize: int = 1) -> Iterator:
-        """Like Executor.map, but every call is submitted at once in batch requests;
+        """Like Executor.map, but every call is submitted at once, in batch requests;
         `chunksize` is accepted and ignored. Results come in order; `timeout` counts from
         this call, and on timeout or early exit the unfinished futures are cancelled."""
         end = None if timeout is None else time.monotonic() + timeout
@@ -110,25 +133,26 @@ class FaaSExecutor(Executor):
         return results()
 
     def _submit_calls(self, fn: Callable, calls: list[tuple[Iterable, dict]]) -> list[TaskFuture]:
-        with self._cond:
-            if self._shutdown:
-                raise RuntimeError("cannot schedule new futures after shutdown")
+        """Pickle the calls here (errors raise in the caller), queue them for the sender."""
+        self._check_open()
         if not calls:
             return []
         function_id = self.function_id(fn)
-        if len(calls) == 1:
-            (args, kwargs), = calls
-            ids = [self.client.submit_with(function_id, args, kwargs, timeout=self.task_timeout)]
-        else:
-            ids = self.client.submit_batch(function_id, calls, timeout=self.task_timeout)
-        futures = [TaskFuture(self, task_id, next(self._seq)) for task_id in ids]
+        payloads = [self.client.encode_call(args, kwargs) for args, kwargs in calls]
         with self._cond:
+            self._check_open()
+            futures = [TaskFuture(self, next(self._seq)) for _ in payloads]
             self._unresolved.update(futures)
-            for future in futures:
-                heapq.heappush(self._queue, future)
-            self._start_waiters()
-            self._cond.notify(len(futures))
+            was_empty = not self._outbox
+            self._outbox += [(f, function_id, p) for f, p in zip(futures, payloads)]
+            self._start_sender()
+            if was_empty or len(self._outbox) >= self.batch_calls:
+                self._cond.notify_all()
         return futures
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def function_id(self, fn: Callable) -> str:
         """Register `fn` the first time it is seen (by identity, then by pickled bytes)."""
@@ -144,6 +168,64 @@ class FaaSExecutor(Executor):
                 function_id = self._by_digest[digest] = self.client.register_payload(name, payload)
             self._functions[id(fn)] = (fn, function_id)
             return function_id
+
+    def _start_sender(self) -> None:
+        """Called with the lock held."""
+        if self._sender is None or not self._sender.is_alive():
+            # daemon: an interpreter exit need not wait; shutdown(wait=True) does
+            self._sender = threading.Thread(target=self._send_loop, name="faas-executor-sender", daemon=True)
+            self._sender.start()
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._outbox and not self._shutdown:
+                    self._cond.wait()
+                if not self._outbox:
+                    return
+                until = time.monotonic() + self.linger
+                while len(self._outbox) < self.batch_calls and not self._shutdown:
+                    left = until - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)  # woken early only by a full batch
+                batch, self._outbox = self._outbox[:self.batch_calls], self._outbox[self.batch_calls:]
+            for group in _by_function(batch):
+                self._send(group)
+
+    def _send(self, group: list[tuple[TaskFuture, str, str]]) -> None:
+        """One /execute_batch request for calls of one function; its answer or error goes
+        to exactly these futures. Never resent."""
+        try:
+            ids = self.client.submit_payloads(group[0][1], [p for _, _, p in group], timeout=self.task_timeout)
+            error = None
+        except Exception as exc:
+            ids, error = getattr(exc, "task_ids", []), exc
+            if isinstance(exc, TransportError):
+                error = ClientError(f"submitting {len(group)} call(s) got no answer ({exc}); they may or may "
+                                    f"not have been queued, and are not sent again")
+                error.__cause__ = exc
+        sent = [f for (f, _, _), _ in zip(group, ids)]
+        for future, task_id in zip(sent, ids):
+            future._task_id = task_id
+            future._sent.set()
+        with self._cond:
+            for future in sent:
+                heapq.heappush(self._queue, future)
+            self._start_waiters()
+            self._cond.notify_all()
+        for future, _, _ in group[len(ids):]:
+            future._sent.set()
+            self._settle(future, exception=error)
+
+    def _unsend(self, future: TaskFuture) -> bool:
+        """Take a future out of the outbox before it is sent: its call never leaves."""
+        with self._cond:
+            for i, (queued, _, _) in enumerate(self._outbox):
+                if queued is future:
+                    del self._outbox[i]
+                    return True
+        return False
 
     # --- resolving ------------------------------------------------------------------------
 
@@ -163,39 +245,55 @@ class FaaSExecutor(Executor):
                     self._cond.wait()
                 if not self._queue:
                     return
-                future = heapq.heappop(self._queue)
-            if not future.done():
-                self._check(future)
+                batch = [heapq.heappop(self._queue) for _ in range(min(self.window, len(self._queue)))]
+            batch = [f for f in batch if not f.done()]
+            if batch:
+                self._check(batch)
 
-    def _check(self, future: TaskFuture) -> None:
-        """One long-poll for `future`'s task: resolve it, or put it back to be watched again."""
+    def _check(self, batch: list[TaskFuture]) -> None:
+        """One long-poll for the batch's tasks: resolve those that finished, put back the rest."""
         try:
-            body = self.client.poll(future.task_id, self.poll_wait)
+            if len(batch) == 1:
+                body = self.client.poll(batch[0].task_id, self.poll_wait)
+                finals, pending = ([body], {}) if body["status"] in FINAL else ([], {body["task_id"]: body["status"]})
+            else:
+                finals, pending = self.client.poll_many([f.task_id for f in batch], self.poll_wait)
         except Exception as exc:
-            if _transient(exc) and _still_retrying(future):
-                log.warning("waiting for task %s: %s; retrying", future.task_id, exc)
+            for future in batch:
+                if _transient(exc) and _still_retrying(future):
+                    continue
+                self._settle(future, exception=exc)
+            retrying = [f for f in batch if not f.done()]
+            if retrying:
+                log.warning("waiting for %d task(s): %s; retrying", len(retrying), exc)
                 time.sleep(RETRY_PAUSE)
-                return self._requeue(future)
-            return self._settle(future, exception=exc)
-        future.failing_since = None
-        if body["status"] not in FINAL:
-            if body["status"] == TaskStatus.RUNNING.value:
+                self._requeue(retrying)
+            return
+        by_id = {f.task_id: f for f in batch}
+        for body in finals:
+            future = by_id.pop(body["task_id"], None)
+            if future is None:
+                continue
+            try:
+                value = self.client.outcome(body)
+            except Exception as exc:
+                self._settle(future, exception=exc)
+            else:
+                self._settle(future, value=value)
+        for future in by_id.values():
+            future.failing_since = None
+            if pending.get(future.task_id) == TaskStatus.RUNNING.value:
                 with future.settling:
                     if not future.done() and not future.running():
                         future.set_running_or_notify_cancel()
-            return self._requeue(future)
-        try:
-            value = self.client.outcome(body)
-        except Exception as exc:
-            self._settle(future, exception=exc)
-        else:
-            self._settle(future, value=value)
+        self._requeue(list(by_id.values()))
 
-    def _requeue(self, future: TaskFuture) -> None:
+    def _requeue(self, futures: list[TaskFuture]) -> None:
         with self._cond:
-            if not future.done():
-                heapq.heappush(self._queue, future)
-                self._cond.notify()
+            for future in futures:
+                if not future.done():
+                    heapq.heappush(self._queue, future)
+            self._cond.notify_all()
 
     def _settle(self, future: TaskFuture, value=None, exception: BaseException | None = None) -> None:
         with future.settling:
@@ -215,9 +313,12 @@ class FaaSExecutor(Executor):
     def _cancel_queued(self, future: TaskFuture) -> bool:
         """Cancel the task only if it has not started; the server decides atomically."""
         try:
-            if self.client.cancel(future.task_id, queued_only=True):
+            task_id = future.task_id
+            if task_id is None:
+                return False
+            if self.client.cancel(task_id, queued_only=True):
                 return True
-            if self.client.status(future.task_id) == TaskStatus.RUNNING.value:
+            if self.client.status(task_id) == TaskStatus.RUNNING.value:
                 future.set_running_or_notify_cancel()
             return False
         except Exception as exc:  # Future.cancel() answers; it does not raise
@@ -226,7 +327,8 @@ class FaaSExecutor(Executor):
 
     def _stop(self, future: TaskFuture) -> None:
         try:
-            self.client.cancel(future.task_id)
+            if future.task_id is not None:
+                self.client.cancel(future.task_id)
         except Exception as exc:
             log.warning("could not stop task %s: %s", future.task_id, exc)
 
@@ -248,8 +350,16 @@ class FaaSExecutor(Executor):
                 if not future.done():
                     self._stop(future)
         if wait:
+            if self._sender is not None:
+                self._sender.join()
             for thread in list(self._threads):
                 thread.join()
+
+
+def _by_function(batch: list[tuple[TaskFuture, str, str]]) -> Iterator[list[tuple[TaskFuture, str, str]]]:
+    """Consecutive calls of the same function, in submission order."""
+    for _, group in itertools.groupby(batch, key=lambda item: item[1]):
+        yield list(group)
 
 
 def _transient(exc: Exception) -> bool:
@@ -264,3 +374,4 @@ def _still_retrying(future: TaskFuture) -> bool:
     if future.failing_since is None:
         future.failing_since = now
     return now - future.failing_since < RETRY_FOR
+

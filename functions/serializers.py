@@ -3,6 +3,8 @@
 import uuid
 
 from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from functions.errors import PayloadTooLarge
@@ -29,13 +31,20 @@ class PayloadField(serializers.CharField):
             raise serializers.ValidationError(str(exc)) from None
 
 
-class IdField(serializers.CharField):
+@extend_schema_field(OpenApiTypes.UUID)
+class IdField(serializers.Field):
+    """A task or function id: a UUID string (no CharField validators: ids come by the thousand)."""
+
     def to_internal_value(self, data):
-        text = super().to_internal_value(data)
+        if not isinstance(data, str):
+            raise serializers.ValidationError(f"{data!r} is not a valid id.")
         try:
-            return uuid.UUID(text)
+            return uuid.UUID(data)
         except ValueError:
-            raise serializers.ValidationError(f"{text!r} is not a valid id.") from None
+            raise serializers.ValidationError(f"{data!r} is not a valid id.") from None
+
+    def to_representation(self, value):
+        return str(value)
 
 
 class RegisterFunctionSerializer(serializers.Serializer):
@@ -83,3 +92,19 @@ class ExecutedSerializer(TaskIdSerializer):
                                      help_text="with ?wait= only")
     result = serializers.CharField(allow_null=True, required=False, help_text="with ?wait= only, as in /result")
     error = serializers.CharField(required=False, help_text="with ?wait=, when FAILED")
+
+
+MAX_RESULTS_IDS = 10_000  # task ids one POST /results may ask about
+
+
+class ResultsRequestSerializer(serializers.Serializer):
+    task_ids = serializers.ListField(child=IdField(), min_length=1, max_length=MAX_RESULTS_IDS)
+    wait = serializers.FloatField(required=False, default=0.0, min_value=0.0, max_value=60.0,
+                                  help_text="seconds to wait for final states (0 to 60)")
+    min = serializers.IntegerField(required=False, default=1, min_value=1,
+                                   help_text="answer early once this many of the tasks are final (default 1)")
+
+
+class ResultsSerializer(serializers.Serializer):
+    results = ResultSerializer(many=True, help_text="the final tasks, each as GET /result answers it")
+    pending = serializers.DictField(child=serializers.CharField(), help_text="task id -> status of the others")

@@ -141,6 +141,10 @@ class TaskView:
     result: bytes | None
     error: str
 
+    @property
+    def final(self) -> bool:
+        return self.status in FINAL_STATUSES
+
 
 def task_view(*, owner, task_id) -> TaskView:
     """The caller's task from the Redis mirror, falling back to the database."""
@@ -223,6 +227,82 @@ def task_wait(*, owner, task_id, timeout: float) -> TaskView:
         listener.close()
         raise
     return view
+
+
+LINGER_GAP = 0.01  # seconds: once enough tasks are final, a wait for many answers after this long without news
+LINGER_MAX = 0.2  # seconds: ... and at most this long after enough were final, while completions keep coming
+
+
+VIEW_FIELDS = ("status", "owner", "result", "error")
+
+
+def tasks_view(*, owner, task_ids: list[uuid.UUID]) -> dict[str, TaskView]:
+    """The caller's tasks, by id, from Redis in one round trip (the database for those Redis
+    forgot); NotFound naming the first id that is not the caller's."""
+    who, views, missing = owner_key(owner), {}, []
+    for tid, (status, task_owner, result, error) in zip(
+            task_ids, task_store().fields([str(t) for t in task_ids], VIEW_FIELDS)):
+        if status is None:
+            missing.append(tid)
+            continue
+        if (task_owner or b"").decode() != who:
+            raise NotFound(f"No task with id {tid}.")
+        status = status.decode()
+        views[str(tid)] = TaskView(str(tid), status, result if status in FINAL_STATUSES else None,
+                                   (error or b"").decode())
+    if missing:
+        rows = Task.objects.filter(id__in=missing, owner=_owner(owner)).values_list("id", "status", "result", "error")
+        for tid, status, result, error in rows:
+            final = result is not None and status in FINAL_STATUSES
+            views[str(tid)] = TaskView(str(tid), status, bytes(result) if final else None, error or "")
+        for tid in missing:
+            if str(tid) not in views:
+                raise NotFound(f"No task with id {tid}.")
+    return views
+
+
+def tasks_wait(*, owner, task_ids: list[uuid.UUID], timeout: float, at_least: int = 1,
+               clock=time.monotonic) -> dict[str, TaskView]:
+    """Many tasks at once, once `at_least` of them are final or `timeout` has passed, woken
+    through the done messages (as `task_wait`). Once enough are final it lingers briefly
+    while more keep finishing, so a stream of completions is answered in few requests."""
+    task_ids = list(dict.fromkeys(task_ids))
+    at_least = max(1, min(at_least, len(task_ids)))
+    if timeout <= 0:
+        return tasks_view(owner=owner, task_ids=task_ids)
+    names = [str(t) for t in task_ids]
+    listener = _thread_listener()
+    try:
+        listener.watch(names)
+        try:
+            views = tasks_view(owner=owner, task_ids=task_ids)  # after subscribing: no wake-up is lost
+        except NotFound:
+            listener.unwatch(names)
+            raise
+        final = sum(v.final for v in views.values())
+        deadline, enough_at, news_at = clock() + timeout, None, None
+        while final < len(views):
+            now = clock()
+            until = deadline
+            if final >= at_least:
+                enough_at, news_at = enough_at or now, news_at or now
+                until = min(deadline, enough_at + LINGER_MAX, news_at + LINGER_GAP)
+            if now >= until:
+                break
+            message = listener.next(until - now)  # None too for a subscribe confirmation
+            if message is None or message[0] not in views or views[message[0]].final:
+                continue  # nothing yet, or a late message of an earlier wait on this connection
+            tid, done = message
+            views[tid] = (TaskView(tid, done.status, done.result, done.error) if done
+                          else task_view(owner=owner, task_id=tid))
+            if views[tid].final:
+                final, news_at = final + 1, clock()
+        listener.unwatch(names)
+    except redis.RedisError:
+        _local.listener = None  # a broken connection is not reused
+        listener.close()
+        raise
+    return views
 
 
 def task_get(*, owner, task_id) -> Task:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import abc
 import dis
 import io
+import pickle
 import site
 import sys
 import sysconfig
@@ -80,7 +81,10 @@ class Shipper:
         return not str(Path(path).resolve()).startswith(self._roots)
 
     def dumps(self, obj) -> bytes:
-        """dill bytes of `obj` with the user's code inside."""
+        """dill bytes of `obj` with the user's code inside; plain data (see `is_plain`) as
+        a standard pickle, which dill reads the same and which costs 1 µs instead of 20."""
+        if is_plain(obj):
+            return pickle.dumps(obj, protocol=PLAIN_PROTOCOL)
         buffer = io.BytesIO()
         with _REBIND_LOCK:
             ShippingPickler(buffer, self).dump(obj)
@@ -89,6 +93,39 @@ class Shipper:
     def loads(self, data: bytes):
         """Unpickle a result; by-value classes this client shipped come back as the caller's own class."""
         return ResultUnpickler(io.BytesIO(data), self.shipped_classes).load()
+
+
+PLAIN_ATOMS = frozenset((type(None), bool, int, float, complex, str, bytes))
+PLAIN_CONTAINERS = frozenset((tuple, list, dict, set, frozenset))
+PLAIN_MAX_ITEMS = 10_000  # past this many values, checking would cost more than dill saves
+PLAIN_PROTOCOL = 4  # every Python 3.8+ worker reads it
+
+
+def is_plain(obj) -> bool:
+    """True for built-in data only (exact types: no subclass, no user class, no function),
+    which a standard pickle writes exactly as dill would read it."""
+    return _plain_left(obj, PLAIN_MAX_ITEMS) >= 0
+
+
+def _plain_left(obj, budget: int) -> int:
+    """`budget` less the values in `obj`, or -1 when it is not plain or too big to check."""
+    kind = type(obj)
+    if kind in PLAIN_ATOMS:
+        return budget - 1
+    if kind not in PLAIN_CONTAINERS or budget < len(obj):
+        return -1
+    budget -= 1
+    for item in (obj if kind is not dict else _flat_items(obj)):
+        budget = _plain_left(item, budget) if type(item) not in PLAIN_ATOMS else budget - 1
+        if budget < 0:
+            return -1
+    return budget
+
+
+def _flat_items(mapping: dict):
+    for key, value in mapping.items():
+        yield key
+        yield value
 
 
 def _under(name: str, packages: tuple[str, ...]) -> bool:

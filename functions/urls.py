@@ -16,5 +16,6 @@ urlpatterns = [
     both("execute_batch", views.ExecuteBatchView, "execute-batch"),
     both(r"status/(?P<task_id>[^/]+)", views.StatusView, "task-status"),
     both(r"result/(?P<task_id>[^/]+)", views.ResultView, "task-result"),
+    both("results", views.ResultsView, "task-results"),
     both(r"cancel/(?P<task_id>[^/]+)", views.CancelView, "task-cancel"),
 ]

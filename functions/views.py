@@ -11,6 +11,7 @@ from rest_framework.views import APIView
 
 from functions import serializers as s
 from functions import services
+from functions.lean import LeanViewMixin, validated
 from workers import serialization
 
 MAX_WAIT_SECONDS = 60.0  # longest a client may hold a /result long-poll open
@@ -25,14 +26,13 @@ def task_body(view: services.TaskView, with_result: bool) -> dict:
     return body
 
 
-class RegisterFunctionView(APIView):
+class RegisterFunctionView(LeanViewMixin, APIView):
     """Register a callable: `payload` is base64 of `dill.dumps(fn)`."""
 
     @extend_schema(request=s.RegisterFunctionSerializer, responses={201: s.FunctionIdSerializer})
     def post(self, request):
-        data = s.RegisterFunctionSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        function = services.function_register(owner=request.user, **data.validated_data)
+        data = validated(s.RegisterFunctionSerializer, request.data)
+        function = services.function_register(owner=request.user, **data)
         return Response({"function_id": str(function.id)}, status=status.HTTP_201_CREATED)
 
 
@@ -53,7 +53,7 @@ def wait_seconds(request) -> float:
     return wait
 
 
-class ExecuteFunctionView(APIView):
+class ExecuteFunctionView(LeanViewMixin, APIView):
     """Queue one call: `payload` is base64 of `dill.dumps(((args...), {kwargs}))`. With
     `?wait=<seconds>` the answer also carries the result, as soon as the task finishes
     (a synchronous call in one request; still QUEUED or RUNNING when `wait` runs out)."""
@@ -63,11 +63,10 @@ class ExecuteFunctionView(APIView):
     def post(self, request):
         received_at = time.time()
         wait = wait_seconds(request)
-        data = s.ExecuteFunctionSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        function = services.function_get(owner=request.user, function_id=data.validated_data["function_id"])
-        task = services.task_submit(owner=request.user, function=function, payload=data.validated_data["payload"],
-                                    timeout=data.validated_data.get("timeout"), received_at=received_at)
+        data = validated(s.ExecuteFunctionSerializer, request.data)
+        function = services.function_get(owner=request.user, function_id=data["function_id"])
+        task = services.task_submit(owner=request.user, function=function, payload=data["payload"],
+                                    timeout=data.get("timeout"), received_at=received_at)
         queued = {"task_id": str(task.id)}
         if wait:
             try:
@@ -77,29 +76,28 @@ class ExecuteFunctionView(APIView):
         return Response(queued, status=status.HTTP_201_CREATED)
 
 
-class ExecuteBatchView(APIView):
+class ExecuteBatchView(LeanViewMixin, APIView):
     """Queue many calls of one function in one request; ids come back in order."""
 
     @extend_schema(request=s.ExecuteBatchSerializer, responses={201: s.TaskIdsSerializer})
     def post(self, request):
         received_at = time.time()
-        data = s.ExecuteBatchSerializer(data=request.data)
-        data.is_valid(raise_exception=True)
-        function = services.function_get(owner=request.user, function_id=data.validated_data["function_id"])
+        data = validated(s.ExecuteBatchSerializer, request.data)
+        function = services.function_get(owner=request.user, function_id=data["function_id"])
         tasks = services.task_submit_batch(owner=request.user, function=function,
-                                           payloads=data.validated_data["payloads"],
-                                           timeout=data.validated_data.get("timeout"), received_at=received_at)
+                                           payloads=data["payloads"],
+                                           timeout=data.get("timeout"), received_at=received_at)
         return Response({"task_ids": [str(t.id) for t in tasks]}, status=status.HTTP_201_CREATED)
 
 
-class StatusView(APIView):
+class StatusView(LeanViewMixin, APIView):
     @extend_schema(responses={200: s.StatusSerializer})
     def get(self, request, task_id):
         view = services.task_view(owner=request.user, task_id=task_id)
         return Response(task_body(view, with_result=False))
 
 
-class ResultView(APIView):
+class ResultView(LeanViewMixin, APIView):
     """The result; `?wait=<seconds>` answers as soon as the task finishes (long-poll)."""
 
     @extend_schema(responses={200: s.ResultSerializer}, parameters=[WAIT_PARAMETER])
@@ -112,7 +110,7 @@ class ResultView(APIView):
         return Response(task_body(view, with_result=True))
 
 
-class CancelView(APIView):
+class CancelView(LeanViewMixin, APIView):
     """Cancel a task: a queued task never runs; a running task's process is stopped.
     `?queued_only=1` cancels only a task that has not started (409 otherwise)."""
 
@@ -126,3 +124,22 @@ class CancelView(APIView):
         except services.NotCancellable as exc:
             return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
         return Response(task_body(services.task_view(owner=request.user, task_id=task_id), with_result=False))
+
+
+class ResultsView(LeanViewMixin, APIView):
+    """Many tasks' results in one request: those already final, or, with `wait`, once at
+    least `min` of them are (lingering a moment while more keep finishing) or `wait` runs
+    out. Tasks not final yet are listed in `pending` with their status."""
+
+    @extend_schema(request=s.ResultsRequestSerializer, responses={200: s.ResultsSerializer})
+    def post(self, request):
+        data = validated(s.ResultsRequestSerializer, request.data)
+        views = services.tasks_wait(owner=request.user, task_ids=data["task_ids"],
+                                    timeout=data["wait"], at_least=data["min"])
+        results, pending = [], {}
+        for view in views.values():
+            if view.final:
+                results.append(task_body(view, with_result=True))
+            else:
+                pending[view.task_id] = view.status
+        return Response({"results": results, "pending": pending})

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SECTIONS = ("## Summary against the targets", "## The floor on this machine", "## Throughput", "## Latency",
+SECTIONS = ("## Summary against the targets", "## The user's path, against Celery and Ray", "## The floor on this machine", "## Throughput", "## Latency",
             "## Where the time goes", "## Weak scaling", "## Memory under a burst")
 PLOTS = ("throughput.png", "latency.png", "scaling.png", "breakdown.png", "memory.png")
 
@@ -55,5 +55,11 @@ def test_results_json_holds_every_figure(bench_out):
     assert points == {(m, k, n) for m in modes for k in ("noop", "sleep") for n in processes}
     assert results["memory"]["completed"] == results["memory"]["tasks"]
     assert results["memory"]["dispatcher_rss_mb"]["peak"] > 0 and results["memory"]["status_ms"]["n"] > 0
+    systems = results["userpath"]["systems"]
+    assert set(systems) == {"platform", "celery", "ray"}
+    for name, figures in systems.items():
+        assert figures["errors"] == [], f"{name}: {figures['errors']}"
+        assert figures["executor_tps"]["median"] > 0 and figures["round_trip_p50"]["median"] > 0
+    assert results["userpath"]["ratios"]["ray"]["map_tps"] > 0
     assert [t["verdict"] for t in results["targets"]] and all(t["verdict"] in ("met", "NOT MET")
                                                               for t in results["targets"])

@@ -120,6 +120,7 @@ def test_future_cancel_is_true_while_queued_and_false_once_running(one_process, 
         blocker = executor.submit(ff.sleep_then, 60)
         wait_until(lambda: client.status(blocker.task_id) == "RUNNING", timeout=30)
         queued = executor.submit(ff.write_marker, str(marker))
+        assert queued.task_id is not None  # reading it waits for the sender's request: the task is queued
         assert queued.cancel() is True and queued.cancelled()
         assert client.status(queued.task_id) == "FAILED"
         assert concurrent.futures.wait([queued], timeout=1).done == {queued}
@@ -129,6 +130,14 @@ def test_future_cancel_is_true_while_queued_and_false_once_running(one_process, 
             blocker.result(timeout=30)
         assert executor.submit(ff.add, 1, 2).result(timeout=30) == 3
     assert not marker.exists()
+
+
+def test_a_future_cancelled_before_its_submit_is_sent_never_leaves(one_process, tmp_path):
+    with FaaSExecutor(one_process, linger=5.0) as executor:  # the sender holds calls for 5 s
+        unsent = executor.submit(ff.write_marker, str(tmp_path / "never"))
+        assert unsent.cancel() is True and unsent.cancelled() and unsent.task_id is None
+        assert executor.submit(ff.add, 1, 2).result(timeout=30) == 3
+    assert not (tmp_path / "never").exists()
 
 
 def test_shutdown_cancel_futures_and_no_submit_after(one_process, tmp_path):
