@@ -14,9 +14,11 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.fields import SkipField, empty, get_error_detail
 from rest_framework.negotiation import DefaultContentNegotiation
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, JSONParser
 from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.utils.encoders import JSONEncoder
+
+from functions.parsers import MultiPartParser  # refuses an oversized multipart body before reading it
 
 JSON_ACCEPTS = frozenset(("", "*/*", "application/json"))
 _encoder = JSONEncoder()  # DRF's fallbacks for what orjson does not know (lazy strings, Decimal, ...)
@@ -36,6 +38,8 @@ class OrjsonParser(JSONParser):
         try:
             return orjson.loads(stream.read())
         except orjson.JSONDecodeError as exc:
+            if "depth limit" in str(exc):  # orjson stops at 1024 levels: say it as the stdlib parser's guard does
+                raise ParseError("JSON parse error - the document is nested too deeply.") from None
             raise ParseError(f"JSON parse error - {exc}") from None
 
 
