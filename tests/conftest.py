@@ -116,6 +116,29 @@ def stack(redis_server, redis_client, transactional_db, tmp_path, request):
     started.close()
 
 
+@pytest.fixture
+def stack_on(transactional_db, tmp_path, request):
+    """`stack_on(redis_url)`: like `stack`, against a Redis of the test's own (TLS, another
+    network); every stack it made is stopped at the end, its logs printed on failure."""
+    from django.conf import settings as django_settings
+
+    from scripts.stack import Stack
+
+    made = []
+
+    def make(redis_url: str) -> Stack:
+        made.append(Stack(redis_url=redis_url, database_url=database_url(django_settings.DATABASES["default"]),
+                          workdir=tmp_path))
+        return made[-1]
+
+    yield make
+    failed = getattr(request.node, "rep_call", None)
+    for started in made:
+        if failed is not None and failed.failed:
+            print(started.logs())
+        started.close()
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item, call):
     """Keep each phase's report on the test item, so fixtures can print logs on failure."""

@@ -144,3 +144,22 @@ def test_a_dispatcher_drained_mid_run_finishes_what_it_holds_and_the_others_take
     assert sorted(ran) == list(range(TASKS)) and set(ran.values()) == {1}, \
         f"runs per task: {Counter(ran.values())}"
     assert "reclaimed" not in "".join(d.output() for d in dispatchers[1:])  # a drain leaves nothing behind
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("mode", ["push", "pull"])
+def test_a_worker_host_stopped_while_tasks_run_leaves_and_loses_nothing(stack, redis_client, tmp_path, mode):
+    """Removing a worker host the way its service manager does (SIGTERM): it finishes what it
+    holds and exits, the remaining host serves the rest, and every task runs exactly once."""
+    api = Api(stack.web())
+    dispatcher = stack.dispatcher(mode)
+    leaving, staying = stack.worker(mode, 2, endpoint_of(dispatcher)), stack.worker(mode, 2, endpoint_of(dispatcher))
+    side_effects = tmp_path / "runs.txt"
+    task_ids = submit(api, side_effects, 600)
+    wait_until(lambda: sum(runs(side_effects).values()) >= 100, timeout=60)
+    leaving.signal(signal.SIGTERM)
+    assert leaving.popen.wait(60) == 0, leaving.output()[-3000:]
+    states = settled(task_ids, redis_client)
+    assert Counter(states.values()) == {"COMPLETED": 600}
+    assert set(runs(side_effects).values()) == {1} and len(runs(side_effects)) == 600
+    assert staying.alive()

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import zmq.auth
 
 from scripts import netns
 from scripts.redis_server import RedisServer
 from scripts.stack import Proc, Stack
 from tests import fixtures_functions as ff
-from tests.conftest import database_url
 from tests.helpers import wait_until
 from tests.platform import Api
 from tests.stack import endpoint_of
@@ -91,11 +91,19 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(lan, transactional_db, tmp_path, request):
+def lan_redis(lan):
+    """Redis on the bridge's address only, with a password; set up before (so stopped after) the stack."""
+    server = RedisServer(host=lan.gateway)
+    try:
+        yield server.start()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def cluster(lan, lan_redis, stack_on, tmp_path):
     """A web server and Redis in the root namespace, a push dispatcher in host "dispatcher",
     and keys for worker hosts alpha and beta (allow-listed) and stranger (not)."""
-    from django.conf import settings
-
     hosts = {name: lan.add_host(name) for name in ("dispatcher", "alpha", "beta", "stranger")}
     keys = tmp_path / "keys"
     generate_keys(keys)
@@ -103,30 +111,17 @@ def cluster(lan, transactional_db, tmp_path, request):
         add_worker_key(keys, name)
     copies = {name: host_keys(keys, tmp_path / f"on-{name}", name) for name in ("alpha", "beta")}
     stranger = tmp_path / "on-stranger"
-    shutil.copytree(copies["alpha"], stranger)
-    os.remove(stranger / WORKERS_DIR / "alpha.key_secret")
-    import zmq.auth
-
+    (stranger / WORKERS_DIR).mkdir(parents=True)
+    shutil.copy(keys / f"{SERVER_NAME}.key", stranger / f"{SERVER_NAME}.key")
     zmq.auth.create_certificates(str(stranger / WORKERS_DIR), "stranger")  # a keypair nobody authorized
     copies["stranger"] = stranger
 
-    redis = RedisServer(host=lan.gateway)
-    request.addfinalizer(redis.cleanup)
-    redis.start()
-    stack = Stack(redis_url=redis.url, database_url=database_url(settings.DATABASES["default"]), workdir=tmp_path)
-    request.addfinalizer(lambda: _close(stack, request))
+    stack = stack_on(lan_redis.url)
     api = Api(stack.web())
     dispatcher = stack.dispatcher("push", "--bind", "0.0.0.0", "--keys", str(keys), "--retries", "1", *HEARTBEAT,
                                   port=PORT, host=hosts["dispatcher"])
     return Cluster(api, stack, dispatcher, endpoint_of(dispatcher, hosts["dispatcher"].address), hosts, copies,
                    tmp_path / "runs.txt")
-
-
-def _close(stack: Stack, request) -> None:
-    report = getattr(request.node, "rep_call", None)
-    if report is not None and report.failed:
-        print(stack.logs())
-    stack.close()
 
 
 def registrations(cluster: Cluster, worker: Proc) -> int:
