@@ -38,12 +38,12 @@ def start_fleet(stack, retries: int):
     return api, dispatchers
 
 
-def submit(api: Api, path: Path, n: int) -> list[str]:
+def submit(api: Api, path: Path, n: int, seconds: float = RUN_SECONDS) -> list[str]:
     """Queue `n` recorded runs with /execute_batch; task i carries token i."""
     function_id = api.register(ff.record_execution)
     task_ids: list[str] = []
     for start in range(0, n, BATCH):
-        payloads = [serialize(((str(path), i, RUN_SECONDS), {})) for i in range(start, min(n, start + BATCH))]
+        payloads = [serialize(((str(path), i, seconds), {})) for i in range(start, min(n, start + BATCH))]
         response = api.http.post(api.url + "/execute_batch", json={"function_id": function_id, "payloads": payloads})
         assert response.status_code == 201, response.text
         task_ids += response.json()["task_ids"]
@@ -155,10 +155,11 @@ def test_a_worker_host_stopped_while_tasks_run_leaves_and_loses_nothing(stack, r
     dispatcher = stack.dispatcher(mode)
     leaving, staying = stack.worker(mode, 2, endpoint_of(dispatcher)), stack.worker(mode, 2, endpoint_of(dispatcher))
     side_effects = tmp_path / "runs.txt"
-    task_ids = submit(api, side_effects, 600)
+    task_ids = submit(api, side_effects, 600, seconds=0.02)  # ~6 s of work for the staying host alone
     wait_until(lambda: sum(runs(side_effects).values()) >= 100, timeout=60)
     leaving.signal(signal.SIGTERM)
     assert leaving.popen.wait(60) == 0, leaving.output()[-3000:]
+    assert sum(runs(side_effects).values()) < 500, "the leaving host kept taking work until the queue ran dry"
     states = settled(task_ids, redis_client)
     assert Counter(states.values()) == {"COMPLETED": 600}
     assert set(runs(side_effects).values()) == {1} and len(runs(side_effects)) == 600

@@ -80,3 +80,32 @@ def test_connections_stay_within_one_per_server_thread(stack):
     # Each gunicorn thread keeps one connection (CONN_MAX_AGE); the dispatcher has its loop's
     # and its writer thread's; this test process has one. Size max_connections from this.
     assert in_use <= GUNICORN_THREADS + 2 + 1, in_use
+
+
+@pytest.mark.only_on("postgres", why="holds PostgreSQL row locks (SELECT ... FOR UPDATE); SQLite locks the whole "
+                                     "database instead, which test_dispatcher_loop covers")
+@pytest.mark.timeout(120)
+def test_rows_locked_by_another_transaction_never_stall_dispatching(stack):
+    """An operator's transaction holds the task rows: the writer's batch waits for the row
+    locks in its own thread, while tasks still run and clients get their results."""
+    import psycopg
+
+    from tests.conftest import database_url
+
+    api = Api(stack.web())
+    function_id = api.register(ff.add)
+    task_ids = [api.submit(function_id, i, 1) for i in range(6)]  # queued: no dispatcher yet
+    with psycopg.connect(database_url(_database())) as holder:
+        holder.execute("SELECT id FROM functions_task WHERE id = ANY(%s) FOR UPDATE", [task_ids])
+        stack.dispatcher("local", "-w", "2")
+        assert [api.value(t) for t in task_ids] == list(range(1, 7))  # served from Redis meanwhile
+        assert Task.objects.filter(id__in=task_ids, status="COMPLETED").count() == 0  # the writer waits
+        holder.rollback()
+    wait_until(lambda: Task.objects.filter(id__in=task_ids, status="COMPLETED").count() == 6, timeout=30,
+               message="the rows never caught up once the locks were released")
+
+
+def _database() -> dict:
+    from django.conf import settings
+
+    return settings.DATABASES["default"]
