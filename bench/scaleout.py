@@ -16,12 +16,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-
 from bench import stats, tasks
 from bench.config import BenchConfig
 from bench.httpclient import Connection
 from bench.load import CompletionWatcher, outcome, read_hashes, submit_batches
+from functions.taskstore import TaskStore
 from scripts import netns
 from scripts.cluster import Cluster, ClusterConfig
 from workers.serialization import serialize
@@ -44,6 +43,7 @@ def run(config: BenchConfig, out: Path, say: Callable[[str], None]) -> dict:
         say("scale-out: starting PostgreSQL, Redis, web servers")
         cluster.start_services()
         watcher = CompletionWatcher(cluster.redis.url)
+        store = TaskStore.connect(cluster.redis.url)
         functions = {name: register(cluster.urls["api"], name, fn)
                      for name, fn in (("noop", tasks.noop), ("pause", tasks.pause))}
         try:
@@ -52,7 +52,7 @@ def run(config: BenchConfig, out: Path, say: Callable[[str], None]) -> dict:
                     cluster.start_fleet(dispatchers, hosts)
                     try:
                         for kind in ("noop", "sleep"):
-                            point = measure(cluster, watcher, functions, config, kind, dispatchers, hosts)
+                            point = measure(cluster, store, watcher, functions, config, kind, dispatchers, hosts)
                             say(f"scale-out {dispatchers} dispatcher(s), {hosts} host(s), {kind}: "
                                 f"{point['tasks_per_s']:.0f} tasks/s")
                             points.append(point)
@@ -60,6 +60,7 @@ def run(config: BenchConfig, out: Path, say: Callable[[str], None]) -> dict:
                         cluster.stop_fleet()
         finally:
             watcher.close()
+            store.close()
     finally:
         cluster.stop()
     add_efficiency(points)
@@ -78,8 +79,8 @@ def register(url: str, name: str, fn) -> str:
     return body["function_id"]
 
 
-def measure(cluster: Cluster, watcher: CompletionWatcher, functions: dict, config: BenchConfig, kind: str,
-            dispatchers: int, hosts: int) -> dict:
+def measure(cluster: Cluster, store: TaskStore, watcher: CompletionWatcher, functions: dict, config: BenchConfig,
+            kind: str, dispatchers: int, hosts: int) -> dict:
     processes = hosts * PROCESSES
     if kind == "noop":
         count, function, payload = processes * NOOP_PER_PROCESS[config.level], "noop", serialize(((), {}))
@@ -97,7 +98,7 @@ def measure(cluster: Cluster, watcher: CompletionWatcher, functions: dict, confi
     deadline = time.monotonic() + config.run_timeout
     submitted = submit_batches(cluster.urls["api"], submit, [payload] * count, config.batch_size, deadline)
     heard = watcher.wait(submitted.task_ids, timeout=max(1.0, deadline - time.monotonic()))
-    figures = outcome(submitted, read_hashes(redis.Redis.from_url(cluster.redis.url), submitted.task_ids),
+    figures = outcome(submitted, read_hashes(store, submitted.task_ids),
                       watcher.last_seen(submitted.task_ids), count)
     if not heard:
         figures["errors"].append("not every completion was heard before the run's time limit")

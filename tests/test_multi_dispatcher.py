@@ -57,41 +57,60 @@ def runs(path: Path) -> Counter[int]:
     return Counter(int(line.split()[0]) for line in path.read_text().splitlines() if line)
 
 
-def statuses_in_redis(task_ids: list[str], redis_client) -> dict[str, str | None]:
-    pipe = redis_client.pipeline(transaction=False)
-    for task_id in task_ids:
-        pipe.hget(f"faas:task:{task_id}", "status")
-    return dict(zip(task_ids, (s.decode() if s else None for s in pipe.execute())))
+@pytest.fixture
+def store(redis_server, redis_client):
+    """The task store on the test's Redis (flushed around the test by redis_client)."""
+    from functions.taskstore import TaskStore
+
+    opened = TaskStore.connect(redis_server.url)
+    yield opened
+    opened.close()
+
+
+def statuses_in_redis(task_ids: list[str], store) -> dict[str, str | None]:
+    return dict(zip(task_ids, store.statuses(task_ids)))
 
 
 def statuses_in_database(task_ids: list[str]) -> dict[str, str]:
     return {str(k): v for k, v in Task.objects.filter(id__in=task_ids).values_list("id", "status")}
 
 
-def settled(task_ids: list[str], redis_client) -> dict[str, str]:
-    """Each task's final state, once Redis holds one for every task and the database agrees.
+class DatabaseLagsRedis(AssertionError):
+    """Raised when Redis holds final states (what clients may have been told) that the
+    database, the authority for final states (DESIGN §3), still lacks after its flushes."""
 
-    Clients read Redis first, so a final state there is what a client may already have been
-    told; DESIGN §3: the database never lags behind that (beyond the writer's flush)."""
-    in_redis = wait_until(lambda: (lambda s: s if set(s.values()) <= FINAL else None)(
-        statuses_in_redis(task_ids, redis_client)), timeout=180, interval=0.5,
+
+def final_in_redis(task_ids: list[str], store) -> dict[str, str]:
+    """Each task's status once Redis holds a final one for every task."""
+    return wait_until(lambda: (lambda s: s if set(s.values()) <= FINAL else None)(
+        statuses_in_redis(task_ids, store)), timeout=180, interval=0.5,
         message="not every task reached a final state in Redis")
 
-    def database_agrees():
+
+def assert_database_agrees(in_redis: dict[str, str], patience: float = 30.0) -> None:
+    """The database catches up with every final state Redis holds, within the writer's flushes."""
+    task_ids = list(in_redis)
+
+    def disagreeing() -> Counter:
         database = statuses_in_database(task_ids)
-        return not [t for t in task_ids if database.get(t) != in_redis[t]]
+        return Counter((database.get(t), in_redis[t]) for t in task_ids if database.get(t) != in_redis[t])
 
     try:
-        wait_until(database_agrees, timeout=30, interval=0.5)
+        wait_until(lambda: not disagreeing(), timeout=patience, interval=0.5)
     except AssertionError:
-        database = statuses_in_database(task_ids)
-        lag = Counter((database.get(t), in_redis[t]) for t in task_ids if database.get(t) != in_redis[t])
-        raise AssertionError(f"30 s on, the database still disagrees with Redis on {sum(lag.values())} task(s), "
-                             f"as (database, Redis): {dict(lag)}") from None
+        lag = disagreeing()
+        raise DatabaseLagsRedis(f"{patience:g} s on, the database still disagrees with Redis on "
+                                f"{sum(lag.values())} task(s), as (database, Redis): {dict(lag)}") from None
+
+
+def settled(task_ids: list[str], store) -> dict[str, str]:
+    """Final states in Redis, and the database in agreement."""
+    in_redis = final_in_redis(task_ids, store)
+    assert_database_agrees(in_redis)
     return in_redis
 
 
-def stop_one_in_the_middle(stack, redis_client, tmp_path, sig: int, retries: int):
+def stop_one_in_the_middle(stack, store, tmp_path, sig: int, retries: int):
     api, dispatchers = start_fleet(stack, retries)
     side_effects = tmp_path / "runs.txt"
     task_ids = submit(api, side_effects, TASKS)
@@ -99,24 +118,16 @@ def stop_one_in_the_middle(stack, redis_client, tmp_path, sig: int, retries: int
                message="a third of the tasks never ran")
     dispatchers[0].signal(sig)
     exit_code = dispatchers[0].popen.wait(60)
-    states = settled(task_ids, redis_client)
+    states = final_in_redis(task_ids, store)
     return api, dispatchers, task_ids, states, runs(side_effects), exit_code
 
 
-# A SIGKILLed dispatcher takes with it the database writes it had batched but not flushed:
-# Redis (and so clients) saw those tasks finish, the database still shows them QUEUED or
-# RUNNING, and nothing repairs it (seen here: 51 of 3,000 rows). The lead's task-store
-# rewrite (issue 10) makes the database the authority for final states.
-LEAD_FIXING = pytest.mark.xfail(reason="a killed dispatcher's unflushed database batch is lost; the database "
-                                       "lags Redis for good (task-store rewrite, issue 10)", strict=False)
-
-
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("retries", [pytest.param(0, marks=LEAD_FIXING), pytest.param(1, marks=LEAD_FIXING)])
+@pytest.mark.parametrize("retries", [0, 1])
 def test_a_dispatcher_killed_mid_run_loses_no_task_and_runs_none_twice_beyond_retries(
-        stack, redis_client, tmp_path, retries):
+        stack, store, tmp_path, retries):
     api, dispatchers, task_ids, states, ran, _ = stop_one_in_the_middle(
-        stack, redis_client, tmp_path, signal.SIGKILL, retries)
+        stack, store, tmp_path, signal.SIGKILL, retries)
     tokens = {task_id: i for i, task_id in enumerate(task_ids)}
     overrun = {i: n for i, n in ran.items() if n > 1 + retries}
     assert not overrun, f"tasks ran more often than --retries {retries} allows: {overrun}"
@@ -132,23 +143,27 @@ def test_a_dispatcher_killed_mid_run_loses_no_task_and_runs_none_twice_beyond_re
     assert "reclaimed" in survivors, "no surviving dispatcher took over the killed one's entries"
     workers = set(Task.objects.filter(id__in=task_ids, status="COMPLETED").values_list("worker__identity", flat=True))
     assert len(workers) >= 3, f"tasks ran on {len(workers)} worker(s), not on every dispatcher's"
+    # Before the task-store rewrite (issue 10) this failed: the killed dispatcher's unflushed
+    # database batch was lost, and 51 of 3,000 rows stayed QUEUED or RUNNING for good.
+    assert_database_agrees(states)
 
 
 @pytest.mark.timeout(420)
 def test_a_dispatcher_drained_mid_run_finishes_what_it_holds_and_the_others_take_the_rest(
-        stack, redis_client, tmp_path):
+        stack, store, tmp_path):
     _, dispatchers, task_ids, states, ran, exit_code = stop_one_in_the_middle(
-        stack, redis_client, tmp_path, signal.SIGTERM, retries=0)
+        stack, store, tmp_path, signal.SIGTERM, retries=0)
     assert exit_code == 0, dispatchers[0].output()[-3000:]
     assert Counter(states.values()) == {"COMPLETED": TASKS}
     assert sorted(ran) == list(range(TASKS)) and set(ran.values()) == {1}, \
         f"runs per task: {Counter(ran.values())}"
     assert "reclaimed" not in "".join(d.output() for d in dispatchers[1:])  # a drain leaves nothing behind
+    assert_database_agrees(states)
 
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("mode", ["push", "pull"])
-def test_a_worker_host_stopped_while_tasks_run_leaves_and_loses_nothing(stack, redis_client, tmp_path, mode):
+def test_a_worker_host_stopped_while_tasks_run_leaves_and_loses_nothing(stack, store, tmp_path, mode):
     """Removing a worker host the way its service manager does (SIGTERM): it finishes what it
     holds and exits, the remaining host serves the rest, and every task runs exactly once."""
     api = Api(stack.web())
@@ -160,7 +175,7 @@ def test_a_worker_host_stopped_while_tasks_run_leaves_and_loses_nothing(stack, r
     leaving.signal(signal.SIGTERM)
     assert leaving.popen.wait(60) == 0, leaving.output()[-3000:]
     assert sum(runs(side_effects).values()) < 500, "the leaving host kept taking work until the queue ran dry"
-    states = settled(task_ids, redis_client)
+    states = settled(task_ids, store)
     assert Counter(states.values()) == {"COMPLETED": 600}
     assert set(runs(side_effects).values()) == {1} and len(runs(side_effects)) == 600
     assert staying.alive()
