@@ -434,7 +434,7 @@ class DoneListener:
         """The next done message within `timeout`: (task id, its final state, or None when the
         message names only the status and the task must be read); None if none came."""
         message = self.pubsub.get_message(timeout=timeout)
-        if message is None or message.get("type") != "message":
+        if message is None or message.get("type") not in ("message", "pmessage"):  # pmessage: watch_all
             return None
         channel = message["channel"].decode()
         task_id = channel[len(done_channel("")):]
