@@ -5,9 +5,10 @@ dispatchers, each worker host in a network namespace of its own).
 Weak scaling, as the per-process section measures it: each host brings `processes` worker
 processes and the work grows with them (`tasks_per_process` tasks per process), queued with
 /execute_batch so submission is not what is measured; the makespan runs from the first
-request to the last completion heard. Every host is a namespace on the same two cores, so
-the sleep task shows what the platform adds per host, and the no-op task what the shared
-CPU allows; neither is the speed of separate machines.
+request to the last completion heard; the median of `scaling_repeats` runs per point.
+Every host is a namespace on the same two cores, so the sleep task shows what the platform
+adds per host, and the no-op task what the shared CPU allows; neither is the speed of
+separate machines.
 """
 
 from __future__ import annotations
@@ -51,8 +52,11 @@ def run(config: BenchConfig, out: Path, say: Callable[[str], None]) -> dict:
                 for hosts in (h for h in HOSTS if h >= dispatchers):
                     cluster.start_fleet(dispatchers, hosts)
                     try:
+                        warm_up(cluster, watcher, functions["noop"], hosts * PROCESSES)
                         for kind in ("noop", "sleep"):
-                            point = measure(cluster, store, watcher, functions, config, kind, dispatchers, hosts)
+                            runs = [measure(cluster, store, watcher, functions, config, kind, dispatchers, hosts)
+                                    for _ in range(config.scaling_repeats)]
+                            point = median_run(runs)
                             say(f"scale-out {dispatchers} dispatcher(s), {hosts} host(s), {kind}: "
                                 f"{point['tasks_per_s']:.0f} tasks/s")
                             points.append(point)
@@ -77,6 +81,20 @@ def register(url: str, name: str, fn) -> str:
     if status != 201:
         raise RuntimeError(f"register_function answered {status}: {body}")
     return body["function_id"]
+
+
+def warm_up(cluster: Cluster, watcher: CompletionWatcher, function_id: str, processes: int) -> None:
+    """A few no-op tasks through every process first: connections, caches and imports made."""
+    conn = Connection(cluster.urls["api"])
+    try:
+        status, body = conn.json("POST", "/execute_batch", {"function_id": function_id,
+                                                            "payloads": [serialize(((), {}))] * (4 * processes)})
+    finally:
+        conn.close()
+    if status != 201:
+        raise RuntimeError(f"execute_batch answered {status}: {body}")
+    if not watcher.wait(body["task_ids"], timeout=60):
+        raise RuntimeError("the warm-up tasks did not finish within 60 s")
 
 
 def measure(cluster: Cluster, store: TaskStore, watcher: CompletionWatcher, functions: dict, config: BenchConfig,
@@ -108,6 +126,14 @@ def measure(cluster: Cluster, store: TaskStore, watcher: CompletionWatcher, func
             "completed": figures["completed"], "failed": figures["failed"], "ideal_s": ideal,
             "efficiency_ideal": ideal / figures["makespan_s"] if ideal and figures["makespan_s"] else None,
             "errors": figures["errors"]}
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput, keeping every run's figure beside it."""
+    point = dict(sorted(runs, key=lambda r: r["tasks_per_s"])[len(runs) // 2])
+    point["tasks_per_s_runs"] = [r["tasks_per_s"] for r in runs]
+    point["errors"] = [e for r in runs for e in r["errors"]][:5]
+    return point
 
 
 def add_efficiency(points: list[dict]) -> None:
