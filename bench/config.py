@@ -28,6 +28,7 @@ class BenchConfig:
     workers: int = 2  # worker processes for throughput, latency and memory
     modes: tuple[str, ...] = MODES
     run_timeout: float = 180.0  # seconds any single run may take before it is recorded as unfinished
+    scaleout: bool = True  # worker hosts in network namespaces (bench/scaleout.py); needs root
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -45,5 +46,5 @@ LEVELS = {
     "smoke": BenchConfig("smoke", throughput_tasks=32, clients=4, batch_size=16, latency_round_trips=10,
                          scaling_processes=(1, 2), tasks_per_process=2, sleep_seconds=0.05,
                          scaling_repeats=1, burst_tasks=100, burst_batch=50, floor_samples=20, daphne=True,
-                         run_timeout=60.0),
+                         run_timeout=60.0, scaleout=False),
 }

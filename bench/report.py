@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from bench import plots, targets
+from bench import plots, scaleout_report, targets
 from bench.breakdown import STAGES, ordered
 
 FLOOR_LABELS = {
@@ -255,6 +255,7 @@ def write_report(results: dict, out: Path) -> Path:
                 floor_section(results),
                 throughput_section(results, images), latency_section(results, images),
                 breakdown_section(results, images), scaling_section(results, images),
+                scaleout_report.section(results, out),
                 memory_section(results, images), compare_section(results), profile_section(results)]
     path = out / "report.md"
     path.write_text("\n".join(s for s in sections if s))

@@ -15,7 +15,19 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import breakdown, compare, floor, latency, memory, procstat, profiling, scaling, throughput, userpath
+from bench import (
+    breakdown,
+    compare,
+    floor,
+    latency,
+    memory,
+    procstat,
+    profiling,
+    scaleout,
+    scaling,
+    throughput,
+    userpath,
+)
 from bench.config import TARGET_MODE, BenchConfig
 from bench.harness import BenchPlatform, dump
 from bench.load import CompletionWatcher
@@ -76,6 +88,9 @@ class Suite:
         finally:
             self.say("stopping the platform")
             harness.close()
+        if self.config.scaleout:
+            self.say("scale-out: worker hosts in network namespaces, one and two dispatchers")
+            self.results["scaleout"] = self.section("scale-out", scaleout.run, config, self.out, self.say) or {}
         # After the platform is stopped, so the competitors have the machine to themselves as it had.
         self.say("compared with RQ and Celery")
         self.results["compare"] = self.section("compare", compare.run, config, self.out, self.say) or {}

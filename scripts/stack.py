@@ -6,6 +6,7 @@ stop only what they started. Output goes to log files that failures print.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import secrets
 import signal
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import requests
 
+from scripts.netns import Host
 from scripts.redis_server import free_port
 from scripts.waiting import wait_until
 
@@ -69,6 +71,7 @@ class Stack:
     extra_env: dict = field(default_factory=dict)
     # The settings refuse to start with DEBUG off and no key: one throwaway key per stack.
     secret_key: str = field(default_factory=lambda: secrets.token_urlsafe(50))
+    stop_with_parent: bool = False  # children get SIGTERM if this process dies (a launcher, not a test)
 
     def env(self) -> dict:
         env = dict(os.environ)
@@ -82,19 +85,20 @@ class Stack:
         log = self.workdir / f"{name}-{len(self.procs)}.log"
         handle = open(log, "wb")
         popen = subprocess.Popen(argv, cwd=REPO, env=self.env(), stdout=handle, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+                                 stdin=subprocess.DEVNULL, start_new_session=True,
+                                 preexec_fn=_stop_with_parent if self.stop_with_parent else None)
         handle.close()
         proc = Proc(name, popen, log)
         self.procs.append(proc)
         return proc
 
-    def web(self, server: str = "gunicorn") -> str:
+    def web(self, server: str = "gunicorn", port: int | None = None, threads: int = 8) -> str:
         """Start the web server; returns its base URL once it answers."""
-        port = free_port()
+        port = port or free_port()
         if server == "daphne":
             argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "faas_site.asgi:application"]
         else:
-            argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "--threads", "8",
+            argv = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "2", "--threads", str(threads),
                     "--no-control-socket", "faas_site.wsgi"]
         proc = self.spawn(f"web-{server}", argv)
         url = f"http://127.0.0.1:{port}"
@@ -109,19 +113,22 @@ class Stack:
         except requests.RequestException:  # refused or slow while it boots
             return False
 
-    def dispatcher(self, mode: str, *args: str, port: int | None = None, wait: bool = True) -> Proc:
+    def dispatcher(self, mode: str, *args: str, port: int | None = None, wait: bool = True,
+                   host: Host | None = None) -> Proc:
+        """A dispatcher; with `host`, inside that network namespace (scripts.netns)."""
         argv = [sys.executable, "manage.py", "run_dispatcher", "-m", mode, *args]
         if mode != "local":
             argv += ["-p", str(port or free_port())]
-        proc = self.spawn(f"dispatcher-{mode}", argv)
+        proc = self.spawn(f"dispatcher-{mode}", host.argv(argv) if host else argv)
         if wait:
             wait_until(lambda: "ready" in proc.output() or not proc.alive(), timeout=30)
             assert proc.alive(), proc.output()
         return proc
 
-    def worker(self, kind: str, processes: int, endpoint: str, *args: str) -> Proc:
-        return self.spawn(f"{kind}-worker", [sys.executable, "-m", f"workers.{kind}_worker", str(processes),
-                                             endpoint, *args])
+    def worker(self, kind: str, processes: int, endpoint: str, *args: str, host: Host | None = None) -> Proc:
+        """A pull or push worker; with `host`, inside that network namespace (scripts.netns)."""
+        argv = [sys.executable, "-m", f"workers.{kind}_worker", str(processes), endpoint, *args]
+        return self.spawn(f"{kind}-worker" + (f"-{host.name}" if host else ""), host.argv(argv) if host else argv)
 
     def logs(self) -> str:
         return "\n".join(f"===== {p.name} (pid {p.pid}) =====\n{p.output()[-6000:]}" for p in self.procs)
@@ -131,7 +138,15 @@ class Stack:
             proc.stop()
 
 
-def endpoint_of(dispatcher: Proc) -> str:
-    """The tcp:// endpoint a pull/push dispatcher was started on (from its argv)."""
+def _stop_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the parent dies (Linux prctl; elsewhere a no-op)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def endpoint_of(dispatcher: Proc, address: str = "127.0.0.1") -> str:
+    """The tcp:// endpoint a pull/push dispatcher was started on (from its argv), at `address`."""
     argv = dispatcher.popen.args
-    return f"tcp://127.0.0.1:{argv[argv.index('-p') + 1]}"
+    return f"tcp://{address}:{argv[argv.index('-p') + 1]}"

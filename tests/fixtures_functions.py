@@ -145,3 +145,10 @@ def count_then_exit(path: str, code: int = 3):
     """Record the run, then end the process abruptly (a crash the pool reports)."""
     count_run(path, "crash")
     os._exit(code)
+
+
+def record_execution(path: str, token: int, seconds: float = 0.0) -> int:
+    """count_run, noting also the network namespace the run happened in (which "host", in
+    the network namespace tests); returns the token."""
+    count_run(path, f"{token} {os.readlink('/proc/self/ns/net')}", seconds)
+    return token
