@@ -13,7 +13,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SECTIONS = ("## Summary against the targets", "## The user's path, against Celery and Ray",
-            "## The floor on this machine", "## Throughput", "## Latency", "## Where the time goes", "## Weak scaling", "## Memory under a burst")
+            "## The floor on this machine", "## Throughput", "## Latency", "## Where the time goes",
+            "## Weak scaling", "## Memory under a burst")
 PLOTS = ("throughput.png", "latency.png", "scaling.png", "breakdown.png", "memory.png")
 
 
