@@ -23,7 +23,7 @@ from dispatch.writer import DatabaseWriter
 from functions import taskrows
 from functions.dashboard import DashboardPublisher
 from functions.taskstore import Claim, Claimed, TaskStore
-from workers import protocol, serialization
+from workers import environment, limits, protocol, serialization
 from workers.exceptions import FunctionFailedException, WorkerFailureException
 from workers.protocol import Result, TaskStatus
 
@@ -50,6 +50,9 @@ class Dispatcher:
         self.stopped = False  # second signal, or drained: leave the loop
         self.backlog = True  # the stream may hold entries we have not claimed
         self.next_claim_check = 0.0
+        self.claims_held_until = 0.0  # no claims before this: free workers could not run what was queued
+        self.function_needs: dict[str, tuple[str, ...]] = {}  # modules each function's pickle imports
+        self.task_needs: dict[str, tuple[str, ...]] = {}  # of tasks being handed out (for choose)
         self.next_worker_flush = 0.0
         self.next_reclaim = 0.0
         self.listener = None
@@ -157,7 +160,8 @@ class Dispatcher:
         """How long to wait for worker events before the next piece of periodic work."""
         wake_at = min(now + self.config.idle_poll, self.next_tick(now), self.publisher.next_due(now),
                       self.next_worker_flush if self.worker_dirty or self.worker_done else now + 1.0)
-        if self.unstored or (self.capacity() > 0 and self.backlog and not self.stopping):
+        if self.unstored or (self.capacity() > 0 and self.backlog and not self.stopping
+                             and now >= self.claims_held_until):
             return 0.0
         return max(0.0, wake_at - now)
 
@@ -194,7 +198,7 @@ class Dispatcher:
         """Store finished results and claim as many queued tasks as there are free places to
         run them, in one round trip to the store."""
         free = 0 if self.stopping else self.capacity()
-        claiming = free > 0 and (self.backlog or now >= self.next_claim_check)
+        claiming = free > 0 and now >= self.claims_held_until and (self.backlog or now >= self.next_claim_check)
         if not claiming:
             self.store_pending()
             return
@@ -248,18 +252,49 @@ class Dispatcher:
             if function is None:
                 self.fail([q.task_id], FunctionFailedException(f"function {q.function_id} no longer exists"))
                 continue
-            tasks.append(protocol.Task(q.task_id, q.function_id, function, q.arguments, timeout))
+            needs = self.needs_of(q.function_id, function)
+            unrunnable = self.cannot_run(needs) if needs else None
+            if unrunnable:  # fail now with what is missing, not later with an unpickling traceback
+                self.fail([q.task_id], FunctionFailedException(unrunnable))
+                continue
+            if needs:
+                self.task_needs[q.task_id] = needs
+            tasks.append(protocol.Task(q.task_id, q.function_id, function, q.arguments, timeout,
+                                       *limits.decode(q.limits)))
         if tasks:
             self.hand_out(tasks, wall)
 
     def hand_out(self, tasks: list[protocol.Task], wall: float) -> None:
-        for task_id, identity in self.send(tasks).items():
+        sent = self.send(tasks)
+        for task in tasks:
+            self.task_needs.pop(task.task_id, None)
+        for task_id, identity in sent.items():
             flight = self.in_flight.get(task_id)
             if flight is None:
                 continue
             flight.worker = identity
             self.writes.mark_running(task_id, identity, flight.queued.attempt, wall)
             self.publisher.task(task_id, TaskStatus.RUNNING.value)
+
+    # --- environments: send a task only where its modules can be imported ---------------------
+
+    def needs_of(self, function_id: str, payload: bytes) -> tuple[str, ...]:
+        """The modules a function's pickle imports, read from its opcodes once per function."""
+        needs = self.function_needs.get(function_id)
+        if needs is None:
+            if len(self.function_needs) > 10_000:
+                self.function_needs.clear()
+            needs = self.function_needs[function_id] = environment.needed_modules(payload)
+        return needs
+
+    def cannot_run(self, needs: tuple[str, ...]) -> str | None:
+        """Why no worker of this dispatcher can run a task needing `needs` (None: some can)."""
+        return None
+
+    def hold_claims(self, now: float) -> None:
+        """Queued work waits for a capable worker: claim again only after a pause, instead of
+        claiming and re-queueing it in a tight loop while incapable workers sit idle."""
+        self.claims_held_until = now + self.config.idle_poll
 
     def function_payloads(self, function_ids: set[str]) -> dict[str, bytes]:
         """Payloads from memory, then Redis, then (once per function) the database."""

@@ -7,7 +7,7 @@ import socket
 import time
 
 from dispatch.core import Dispatcher
-from workers import protocol
+from workers import environment, protocol
 from workers.pool import ProcessPool
 
 
@@ -27,6 +27,11 @@ class LocalDispatcher(Dispatcher):
 
     def capacity(self) -> int:
         return self.pool.free
+
+    def cannot_run(self, needs: tuple[str, ...]) -> str | None:
+        """The pool's children are this interpreter: what it cannot import, they cannot."""
+        missing = environment.missing(needs, environment.describe()["modules"])
+        return environment.sentence(missing, "this dispatcher's local workers cannot import") if missing else None
 
     def send(self, tasks: list[protocol.Task]) -> dict[str, str]:
         for task in tasks:

@@ -17,8 +17,10 @@ class PullDispatcher(RemoteDispatcher):
         """Fill each worker's request in turn, as many tasks as it asked for."""
         plan, rest = [], list(tasks)
         for entry in self.table.available():
-            take = min(entry.credit, entry.free, len(rest))
-            if take:
-                plan.append((entry, rest[:take]))
-                rest = rest[take:]
+            room = min(entry.credit, entry.free)
+            fits = [t for t in rest if self.can_run(entry, t)][:room]
+            if fits:
+                plan.append((entry, fits))
+                taken = {t.task_id for t in fits}
+                rest = [t for t in rest if t.task_id not in taken]
         return plan

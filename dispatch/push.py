@@ -18,9 +18,9 @@ class PushDispatcher(RemoteDispatcher):
         """One task at a time to the most free worker, grouped into one message per worker."""
         batches: dict[bytes, tuple[WorkerEntry, list[protocol.Task]]] = {}
         for task in tasks:
-            entry = self.table.pick()
+            entry = self.table.pick(lambda e, task=task: self.can_run(e, task))
             if entry is None:
-                break
+                continue  # no free worker can run this one; a later task may fit another
             entry.planned += 1  # counted as busy while planning; assign() makes it real
             batches.setdefault(entry.identity, (entry, []))[1].append(task)
         for entry, batch in batches.values():

@@ -14,7 +14,7 @@ import zmq
 
 from dispatch.core import Dispatcher
 from dispatch.workertable import WorkerEntry, WorkerTable
-from workers import protocol
+from workers import environment, protocol
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,8 @@ class RemoteDispatcher(Dispatcher):
 
     def send(self, tasks: list[protocol.Task]) -> dict[str, str]:
         holders: dict[str, str] = {}
-        for entry, batch in self.choose(tasks):
+        planned = self.choose(tasks)
+        for entry, batch in planned:
             if self.deliver(entry.identity, protocol.Tasks(tuple(batch))):
                 for task in batch:
                     self.table.assign(entry.identity, task.task_id)
@@ -186,7 +187,27 @@ class RemoteDispatcher(Dispatcher):
         unsent = [t.task_id for t in tasks if t.task_id not in holders]
         if unsent:  # never reached a worker, so no attempt is spent
             self.requeue(unsent, count_attempt=False)
+            if sum(len(batch) for _, batch in planned) < len(tasks):  # no free worker could run them
+                self.hold_claims(self.clock())
         return holders
+
+    # --- environments ----------------------------------------------------------------------
+
+    def can_run(self, entry: WorkerEntry, task: protocol.Task) -> bool:
+        """Whether the worker can import every module the task's pickle needs (a worker that
+        did not say what it has is assumed able, as before environments were reported)."""
+        needs = self.task_needs.get(task.task_id, ())
+        return not needs or entry.info.modules is None or not environment.missing(needs, entry.info.modules)
+
+    def cannot_run(self, needs: tuple[str, ...]) -> str | None:
+        """None while some live worker could run it (or none has registered yet: it waits)."""
+        live = [e for e in self.table.available() if e.info.modules is not None]
+        if not self.table.available() or len(live) < len(self.table.available()):
+            return None
+        gaps = [environment.missing(needs, e.info.modules) for e in live]
+        if all(gaps):
+            return environment.sentence(sorted(set().union(*gaps) & set(needs)))
+        return None
 
     def choose(self, tasks: list[protocol.Task]) -> list[tuple[WorkerEntry, list[protocol.Task]]]:
         raise NotImplementedError

@@ -111,9 +111,10 @@ class WorkerTable:
     def available(self) -> list[WorkerEntry]:
         return [e for e in self.workers.values() if not e.draining]
 
-    def pick(self) -> WorkerEntry | None:
-        """Push: the worker with the most free processes (ties: the one registered first)."""
-        best = max(self.available(), key=lambda e: e.free, default=None)
+    def pick(self, able=None) -> WorkerEntry | None:
+        """Push: the worker with the most free processes (ties: the one registered first),
+        among those `able(entry)` accepts."""
+        best = max((e for e in self.available() if able is None or able(e)), key=lambda e: e.free, default=None)
         return best if best is not None and best.free > 0 else None
 
     def push_capacity(self) -> int:

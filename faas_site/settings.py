@@ -89,6 +89,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "functions.audit.ActorMiddleware",  # who acts, for audit entries written by signals (issue 16)
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -157,6 +158,8 @@ FAAS_TASK_TIMEOUT = env_float("FAAS_TASK_TIMEOUT", None)  # default task deadlin
 FAAS_RESULT_TTL = env_int("FAAS_RESULT_TTL", 7 * 24 * 3600)  # how long Redis keeps a finished task
 # How long a server process trusts an API token it has checked (0: ask the database every time).
 FAAS_TOKEN_CACHE_SECONDS = env_float("FAAS_TOKEN_CACHE_SECONDS", 10.0) or 0.0
+# How long an Idempotency-Key keeps answering the task it first queued (issue 16).
+FAAS_IDEMPOTENCY_TTL = env_float("FAAS_IDEMPOTENCY_TTL", 24 * 3600.0)
 
 # The JSON body holds base64 of the payload (4/3 larger) plus a little JSON around it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = FAAS_MAX_PAYLOAD_BYTES * 4 // 3 + FAAS_MAX_PAYLOAD_BYTES // 38 + 64 * 1024

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import uuid
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.db.models import Count
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from functions import admin_actions, admin_views
-from functions.models import Function, Task, Worker
+from functions import admin_actions, admin_views, webhooks
+from functions.models import AuditEntry, Function, Task, WebhookDelivery, Worker
 
 admin.site.index_template = "functions/admin/index.html"  # adds the dashboard link
 admin.site.site_header = "FaaS platform administration"
@@ -31,8 +32,8 @@ class FunctionFilter(admin.SimpleListFilter):
     parameter_name = "function__id__exact"
 
     def lookups(self, request, model_admin):
-        rows = Function.objects.order_by("-created_at").values_list("id", "name")[:FUNCTION_FILTER_LIMIT]
-        return [(str(fid), f"{name} ({str(fid)[:8]})") for fid, name in rows]
+        rows = Function.objects.order_by("-created_at").values_list("id", "name", "version")[:FUNCTION_FILTER_LIMIT]
+        return [(str(fid), f"{name}@{version} ({str(fid)[:8]})") for fid, name, version in rows]
 
     def queryset(self, request, queryset):
         if self.value() is None:
@@ -56,13 +57,15 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 @admin.register(Function)
 class FunctionAdmin(ReadOnlyAdmin):
-    list_display = ["name", "id", "owner", "payload_size", "created_at", "tasks_link"]
+    list_display = ["name", "version", "id", "owner", "payload_size", "created_at", "tasks_link"]
     list_filter = ["owner", "created_at"]
-    search_fields = ["name", "id"]
+    search_fields = ["name", "id", "digest"]
     date_hierarchy = "created_at"
     show_full_result_count = False
     list_select_related = ["owner"]
-    readonly_fields = ["id", "name", "owner", "payload_size", "created_at", "tasks_link"]
+    readonly_fields = ["id", "name", "version", "digest", "owner", "payload_size", "created_at", "tasks_link",
+                       "versions", "webhook_url", "memory_limit_mb", "cpu_limit_s", "needs", "python_version",
+                       "dill_version"]
     exclude = ["payload"]
 
     def get_queryset(self, request):
@@ -72,6 +75,17 @@ class FunctionAdmin(ReadOnlyAdmin):
     def tasks_link(self, obj: Function) -> str:
         url = reverse("admin:functions_task_changelist") + f"?{FunctionFilter.parameter_name}={obj.id}"
         return format_html('<a href="{}">tasks of this function</a>', url)
+
+    @admin.display(description="versions of this name")
+    def versions(self, obj: Function) -> str:
+        """Every version of the name (functions.versions), each with the tasks it ran."""
+        rows = (Function.objects.filter(owner_id=obj.owner_id, name=obj.name).order_by("-version")
+                .annotate(ran=Count("tasks")).values_list("id", "version", "created_at", "ran")[:50])
+        tasks = reverse("admin:functions_task_changelist") + f"?{FunctionFilter.parameter_name}="
+        items = ((reverse("admin:functions_function_change", args=[fid]), obj.name, version, created,
+                  tasks + str(fid), ran) for fid, version, created, ran in rows)
+        return format_html("<ul>{}</ul>", format_html_join(
+            "", '<li><a href="{}">{}@{}</a> registered {}: <a href="{}">{} task(s)</a></li>', items))
 
 
 @admin.register(Task)
@@ -89,11 +103,12 @@ class TaskAdmin(ReadOnlyAdmin):
     actions = [admin_actions.retry_tasks, admin_actions.cancel_tasks, admin_actions.purge_queue]
     readonly_fields = ["id", "function", "owner", "status", "attempts", "worker", "timeout", "retry_of", "retries",
                        "payload_size", "result_size", "created_at", "dispatched_at", "started_at", "finished_at",
-                       "queue_wait", "run_time", "error_text"]
+                       "queue_wait", "run_time", "error_text", "memory_limit_mb", "cpu_limit_s"]
     fieldsets = [
         (None, {"fields": ["id", "function", "owner", "status", "attempts", "worker", "timeout", "retry_of",
                            "retries"]}),
         ("Sizes (bytes)", {"fields": ["payload_size", "result_size"]}),
+        ("Resource limits", {"fields": ["memory_limit_mb", "cpu_limit_s"]}),
         ("Timings", {"fields": ["created_at", "dispatched_at", "started_at", "finished_at", "queue_wait", "run_time"]}),
         ("Error and remote traceback", {"fields": ["error_text"]}),
     ]
@@ -120,7 +135,7 @@ class TaskAdmin(ReadOnlyAdmin):
 
     @admin.display(description="function", ordering="function__name")
     def function_name(self, obj: Task) -> str:
-        return obj.function.name
+        return f"{obj.function.name}@{obj.function.version}"
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Task) -> str:
@@ -162,3 +177,47 @@ def seconds_between(start, end) -> str:
         return "-"
     return f"{(end - start).total_seconds():.3f} s"
 
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(ReadOnlyAdmin):
+    """The append-only audit trail (functions.audit): filter by user, action, object."""
+
+    list_display = ["at", "actor_name", "via", "action", "object_type", "object_id", "detail"]
+    list_filter = ["action", "object_type", "via", ("actor", admin.RelatedOnlyFieldListFilter), "at"]
+    search_fields = ["object_id", "actor_name", "action"]
+    date_hierarchy = "at"
+    show_full_result_count = False
+    readonly_fields = ["at", "actor", "actor_name", "via", "action", "object_type", "object_id", "detail"]
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.action(permissions=["change"], description="Send selected webhook deliveries again now")
+def redeliver(modeladmin, request, queryset) -> None:
+    count = webhooks.redeliver(queryset)
+    modeladmin.message_user(request, f"{count} delivery(ies) will be sent again in a moment.", messages.SUCCESS)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    """Signed webhook deliveries (functions.webhooks): what was sent where, and how it went."""
+
+    list_display = ["task_link", "url", "state", "attempts", "last_status_code", "next_attempt_at", "delivered_at",
+                    "created_at"]
+    list_filter = ["state", "created_at"]
+    search_fields = ["task__id", "url"]
+    show_full_result_count = False
+    actions = [redeliver]
+    readonly_fields = ["task_link", "owner_key", "url", "state", "attempts", "last_status_code", "last_error",
+                       "next_attempt_at", "delivered_at", "created_at"]
+    exclude = ["task"]
+
+    @admin.display(description="task")
+    def task_link(self, obj: WebhookDelivery) -> str:
+        return format_html('<a href="{}"><code>{}</code></a>', reverse("admin:functions_task_change",
+                                                                       args=[obj.task_id]), str(obj.task_id)[:8])

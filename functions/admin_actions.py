@@ -10,11 +10,17 @@ from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.contenttypes.models import ContentType
 
-from functions import admin_views, services
+from functions import admin_views, audit, services
 from functions.models import Task
 
 CANCEL_REASON = "cancelled by an operator"
 PURGE_REASON = "purged from the queue by an operator"
+
+
+def audit_each(request, action: str, object_type: str, objects: list, **detail) -> None:
+    """The audit trail's entries (functions.audit) for an operator's action."""
+    audit.record_each(actor=request.user, via=audit.AuditEntry.Via.ADMIN, action=action, object_type=object_type,
+                      object_ids=[getattr(o, "identity", None) or o.pk for o in objects], **detail)
 
 
 def log_changes(request, objects: list, message: str) -> None:
@@ -33,6 +39,7 @@ def retry_tasks(modeladmin, request, queryset) -> None:
         new = services.task_retry(task=task)
         created.append(new)
         log_changes(request, [task], f"Retried as task {new.id}.")
+        audit_each(request, audit.RETRIED, "task", [task], new_task=str(new.id))
     log_changes(request, created, "Created by an operator's retry.")
     skipped = queryset.count() - len(failed)
     modeladmin.message_user(request, f"Retried {len(created)} task(s) as new tasks."
@@ -50,6 +57,7 @@ def cancel_tasks(modeladmin, request, queryset) -> None:
             continue
         cancelled.append(task)
     log_changes(request, cancelled, "Cancelled.")
+    audit_each(request, audit.CANCELLED, "task", cancelled)
     level = messages.SUCCESS if cancelled else messages.WARNING
     modeladmin.message_user(request, f"Cancelled {len(cancelled)} task(s); finished tasks are left as they are.", level)
 
@@ -63,6 +71,8 @@ def purge_queue(modeladmin, request, queryset):
     LogEntry.objects.create(user_id=request.user.pk, content_type=ContentType.objects.get_for_model(Task),
                             object_repr="task queue", action_flag=CHANGE,
                             change_message=f"Purged the queue: {len(purged)} task(s) FAILED as cancelled.")
+    audit.record(actor=request.user, via=audit.AuditEntry.Via.ADMIN, action=audit.PURGED, object_type="queue",
+                 tasks=len(purged))
     modeladmin.message_user(request, f"Purged the queue: {len(purged)} task(s) will never run.", messages.SUCCESS)
     return None
 
@@ -71,6 +81,7 @@ def purge_queue(modeladmin, request, queryset):
 def drain_workers(modeladmin, request, queryset) -> None:
     drained = [w for w in queryset.filter(alive=True) if services.worker_drain(identity=w.identity)]
     log_changes(request, drained, "Drain requested.")
+    audit_each(request, audit.DRAINED, "worker", drained)
     skipped = queryset.count() - len(drained)
     modeladmin.message_user(request, f"Asked the dispatchers to drain {len(drained)} worker(s)."
                             + (f" Skipped {skipped} dead worker(s)." if skipped else ""), messages.SUCCESS)

@@ -8,7 +8,9 @@ this client) lives in functions.executor and is re-exported here.
 from __future__ import annotations
 
 import os
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 
 import dill
@@ -28,6 +30,8 @@ FINAL = (TaskStatus.COMPLETED.value, TaskStatus.FAILED.value)
 BATCH_CALLS = 1000  # calls per /execute_batch request (the server takes up to 10,000)
 BATCH_BYTES = 8 * 1024 * 1024  # base64 text per /execute_batch request, well under the body cap
 CONNECTIONS = 32  # keep-alive connections per client: the executor's waiters share them
+CLIENT_ENVIRONMENT = {"python": ".".join(map(str, sys.version_info[:3])), "dill": dill.__version__}
+RESEND_DELAYS = (0.2, 1.0, 2.0)  # back-off of a submit resent after no answer (same idempotency key)
 
 
 class APIError(ClientError):
@@ -76,7 +80,7 @@ class FaaSClient:
 
     def register_payload(self, name: str, payload: bytes) -> str:
         """Register already-pickled function bytes."""
-        body = {"name": name[:200], "payload": encode(payload)}
+        body = {"name": name[:200], "payload": encode(payload), **CLIENT_ENVIRONMENT}
         return self._call("POST", "/register_function", json=body)["function_id"]
 
     def submit(self, function_id: str, /, *args, **kwargs) -> str:
@@ -84,10 +88,12 @@ class FaaSClient:
         return self.submit_with(function_id, args, kwargs)
 
     def submit_with(self, function_id: str, args: Iterable = (), kwargs: dict | None = None, *,
-                    timeout: float | None = None) -> str:
+                    timeout: float | None = None, idempotency_key: str | None = None) -> str:
         """`submit` with the call spelled out, leaving room for options such as a
-        `timeout` (the task's deadline in seconds: past it the task FAILS)."""
-        task_id = self._execute(function_id, args, kwargs, timeout)["task_id"]
+        `timeout` (the task's deadline in seconds: past it the task FAILS) and an
+        `idempotency_key` (default: a fresh one, so a resend never queues a second task;
+        give your own to make a submit repeatable across processes)."""
+        task_id = self._execute(function_id, args, kwargs, timeout, idempotency_key=idempotency_key)["task_id"]
         self.collector.submitted((task_id,))
         return task_id
 
@@ -105,13 +111,14 @@ class FaaSClient:
         return answer if answer.get("status") in FINAL else self.wait(answer["task_id"])
 
     def _execute(self, function_id: str, args: Iterable, kwargs: dict | None, timeout: float | None,
-                 wait: float = 0.0) -> dict:
+                 wait: float = 0.0, idempotency_key: str | None = None) -> dict:
         """One POST /execute_function; with `wait`, the server holds it until the task finishes."""
-        body = {"function_id": function_id, "payload": self.encode_call(args, kwargs or {})}
+        body = {"function_id": function_id, "payload": self.encode_call(args, kwargs or {}),
+                "idempotency_key": idempotency_key or new_idempotency_key()}
         if timeout is not None:
             body["timeout"] = timeout
         params = {"wait": f"{wait:g}"} if wait else None
-        return self._call("POST", "/execute_function", json=body, params=params, timeout=self.timeout + wait)
+        return self._submit("/execute_function", body, params=params, timeout=self.timeout + wait)
 
     def submit_batch(self, function_id: str, calls: Iterable[tuple[Iterable, dict]], /, *,
                      timeout: float | None = None) -> list[str]:
@@ -128,11 +135,11 @@ class FaaSClient:
         ids for `result`: the executor collects its own."""
         ids: list[str] = []
         for chunk in _chunks(payloads):
-            body = {"function_id": function_id, "payloads": chunk}
+            body = {"function_id": function_id, "payloads": chunk, "idempotency_key": new_idempotency_key()}
             if timeout is not None:
                 body["timeout"] = timeout
             try:
-                ids += self._call("POST", "/execute_batch", json=body)["task_ids"]
+                ids += self._submit("/execute_batch", body)["task_ids"]
             except APIError as exc:
                 exc.task_ids = ids
                 raise
@@ -261,6 +268,17 @@ class FaaSClient:
             raise APIError(status, body if body is not None else text, method, self.base_url + path)
         return body
 
+    def _submit(self, path: str, body: dict, *, params: dict | None = None, timeout: float | None = None) -> dict:
+        """POST a keyed submit; when no answer came back (the connection broke, the server
+        timed out), send the very same body again: its idempotency key makes the server
+        answer the task the first attempt queued, so nothing runs twice."""
+        for delay in RESEND_DELAYS:
+            try:
+                return self._call("POST", path, json=body, params=params, timeout=timeout)
+            except TransportError:
+                time.sleep(delay)
+        return self._call("POST", path, json=body, params=params, timeout=timeout)
+
     def close(self) -> None:
         self.transport.close()
 
@@ -272,6 +290,11 @@ class FaaSClient:
 
     def __repr__(self) -> str:
         return f"FaaSClient({self.base_url!r})"
+
+
+def new_idempotency_key() -> str:
+    """A key naming one submit; the client reuses it for every resend of that submit."""
+    return uuid.uuid4().hex
 
 
 def _name_of(fn) -> str:

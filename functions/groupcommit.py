@@ -9,12 +9,15 @@ Here the threads of a process queue on a mutex instead. Whoever holds it writes 
 every thread that arrived meanwhile in one transaction and wakes them, so a busy process
 commits once per group, and a lone request goes straight through without waiting for anyone.
 Every request still answers only after its rows are committed: the durability rule holds.
+Rows of other models that belong with the tasks (the submit's audit entry) ride in the same
+transaction as `companions`.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 
 from django.db import connection, transaction
 
@@ -24,6 +27,7 @@ from functions.models import Task
 @dataclass(eq=False)
 class _Job:
     rows: list[Task]
+    companions: list = field(default_factory=list)
     done: bool = False  # set, under the writer mutex, by whoever wrote the rows
     error: Exception | None = None
 
@@ -34,13 +38,14 @@ class GroupInsert:
         self._queue_lock = threading.Lock()
         self._writer = threading.Lock()  # one thread of this process writes at a time
 
-    def insert(self, rows: list[Task]) -> None:
-        """Commit `rows`, alone or with other threads' rows; raises what their insert raised."""
+    def insert(self, rows: list[Task], companions: list = ()) -> None:
+        """Commit `rows` (and `companions`, rows of any model), alone or with other threads'
+        rows; raises what their insert raised."""
         if connection.in_atomic_block:  # the caller's own transaction decides: never mix others into it
             with transaction.atomic():
-                Task.objects.bulk_create(rows)
+                _create([_Job(rows, list(companions))])
             return
-        job = _Job(rows)
+        job = _Job(rows, list(companions))
         with self._queue_lock:
             self._queue.append(job)
         with self._writer:
@@ -55,7 +60,7 @@ class GroupInsert:
     def _write(group: list[_Job]) -> None:
         try:
             with transaction.atomic():
-                Task.objects.bulk_create([row for job in group for row in job.rows])
+                _create(group)
         except Exception as exc:
             if len(group) == 1:
                 group[0].error = exc
@@ -63,8 +68,19 @@ class GroupInsert:
                 for job in group:
                     try:
                         with transaction.atomic():
-                            Task.objects.bulk_create(job.rows)
+                            _create([job])
                     except Exception as own:
                         job.error = own
         for job in group:
             job.done = True
+
+
+def _create(group: list[_Job]) -> None:
+    """One bulk INSERT for the tasks of `group`, then one per model of their companions."""
+    Task.objects.bulk_create([row for job in group for row in job.rows])
+    others = defaultdict(list)
+    for job in group:
+        for row in job.companions:
+            others[type(row)].append(row)
+    for model, rows in others.items():
+        model.objects.bulk_create(rows)

@@ -3,6 +3,7 @@
 import uuid
 
 from django.conf import settings
+from django.core.validators import URLValidator
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -47,26 +48,95 @@ class IdField(serializers.Field):
         return str(value)
 
 
-class RegisterFunctionSerializer(serializers.Serializer):
+def webhook_field(help_text: str) -> serializers.URLField:
+    return serializers.URLField(required=False, allow_null=True, max_length=2000, help_text=help_text,
+                                validators=[URLValidator(schemes=["http", "https"])])
+
+
+class LimitsMixin(serializers.Serializer):
+    """Resource limits set in the worker's process before the call (issue 16)."""
+
+    memory_mb = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=1024 * 1024,
+                                         help_text="memory the call may allocate, MiB; past it the task FAILS")
+    cpu_seconds = serializers.IntegerField(required=False, allow_null=True, min_value=1, max_value=7 * 24 * 3600,
+                                           help_text="CPU seconds the call may use; past it the task FAILS")
+
+
+class RegisterFunctionSerializer(LimitsMixin, serializers.Serializer):
     name = serializers.CharField(max_length=200)
     payload = PayloadField()
+    webhook_url = webhook_field("gets a signed POST whenever a task of this function finishes")
+    python = serializers.CharField(required=False, max_length=30, help_text="the client's Python version")
+    dill = serializers.CharField(required=False, max_length=30, help_text="the client's dill version")
 
 
 class FunctionIdSerializer(serializers.Serializer):
     function_id = serializers.UUIDField()
+    name = serializers.CharField()
+    version = serializers.IntegerField(help_text="run a pinned version as name@version")
+    new_version = serializers.BooleanField(help_text="false when these bytes were already this name's version")
 
 
-class ExecuteFunctionSerializer(serializers.Serializer):
-    function_id = IdField()
+class FunctionVersionSerializer(serializers.Serializer):
+    function_id = serializers.UUIDField()
+    name = serializers.CharField()
+    version = serializers.IntegerField()
+    digest = serializers.CharField(help_text="sha256 of the payload")
+    payload_size = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    tasks = serializers.IntegerField(help_text="tasks this version ran")
+
+
+class FunctionReferenceMixin(serializers.Serializer):
+    """A call names its function by id, or by name (the latest version) or name@N (pinned)."""
+
+    function_id = IdField(required=False)
+    function = serializers.CharField(required=False, max_length=220, help_text="name or name@version, "
+                                     "instead of function_id")
+
+    def validate(self, attrs):
+        return super().validate(check_function_reference(attrs))
+
+
+IDEMPOTENCY_HELP = ("the same key from the same user within FAAS_IDEMPOTENCY_TTL answers the task it first "
+                    "queued (or the Idempotency-Key header)")
+
+
+class ExecuteFunctionSerializer(FunctionReferenceMixin, LimitsMixin, serializers.Serializer):
     payload = PayloadField(help_text="base64 of dill.dumps(((args...), {kwargs}))")
     timeout = serializers.FloatField(required=False, min_value=0.001, allow_null=True,
                                      help_text="deadline in seconds (optional)")
+    idempotency_key = serializers.CharField(required=False, allow_null=True, max_length=255,
+                                            help_text=IDEMPOTENCY_HELP)
+    webhook_url = webhook_field("gets a signed POST with the final state (instead of the function's)")
 
 
-class ExecuteBatchSerializer(serializers.Serializer):
-    function_id = IdField()
+class ExecuteBatchSerializer(FunctionReferenceMixin, LimitsMixin, serializers.Serializer):
     payloads = serializers.ListField(child=PayloadField(), min_length=1, max_length=10_000)
     timeout = serializers.FloatField(required=False, min_value=0.001, allow_null=True)
+    idempotency_key = serializers.CharField(required=False, allow_null=True, max_length=200,
+                                            help_text="call i gets the key '<key>:<i>' (or the Idempotency-Key header)")
+    idempotency_keys = serializers.ListField(child=serializers.CharField(max_length=255), required=False,
+                                             help_text="one key per payload, in order")
+    webhook_url = webhook_field("gets a signed POST per task with its final state")
+
+    def validate(self, attrs):
+        return super().validate(check_batch(attrs))
+
+
+def check_function_reference(attrs: dict) -> dict:
+    """A call names its function one way (the lean views run this after `validated`)."""
+    if ("function_id" in attrs) == ("function" in attrs):
+        raise serializers.ValidationError({"function_id": "Name the function by function_id or by function "
+                                           "(name or name@version): one of the two."})
+    return attrs
+
+
+def check_batch(attrs: dict) -> dict:
+    keys = attrs.get("idempotency_keys")
+    if keys is not None and len(keys) != len(attrs["payloads"]):
+        raise serializers.ValidationError({"idempotency_keys": "Give one key per payload, in the same order."})
+    return check_function_reference(attrs)
 
 
 class TaskIdSerializer(serializers.Serializer):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
@@ -55,11 +56,12 @@ def parse_uuid(value) -> uuid.UUID:
         raise NotFound(f"{value!r} is not a valid id.") from None
 
 
-def function_register(*, owner, name: str, payload: bytes) -> Function:
-    """Store a validated callable payload and cache it in Redis for the dispatchers."""
+def function_register(*, owner, name: str, payload: bytes, version: int = 1, digest: str = "") -> Function:
+    """Store a validated callable payload and cache it in Redis for the dispatchers.
+    (functions.versions decides the version and reuses identical bytes.)"""
     with transaction.atomic():
         function = Function.objects.create(owner=_owner(owner), name=name, payload=payload,
-                                           payload_size=len(payload))
+                                           payload_size=len(payload), version=version, digest=digest)
         task_store().put_function(function.id, owner_key(owner), payload)
     return function
 
@@ -92,20 +94,31 @@ _task_rows = GroupInsert()  # submits of this process's threads share transactio
 
 
 def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeout: float | None = None,
-                      retry_of: Task | None = None, received_at: float | None = None) -> list[Task]:
+                      retry_of: Task | None = None, received_at: float | None = None,
+                      task_ids: list[uuid.UUID] | None = None,
+                      companions_of: Callable[[list[Task]], list] | None = None,
+                      limits: tuple[int | None, int | None] = (None, None)) -> list[Task]:
     """Queue many calls of one function: one Redis script call, then the rows' insert
     (grouped with other threads' submits: functions.groupcommit).
 
     Redis goes first so the SQLite write lock is held only for the insert itself, never
     across a network round trip. If the insert fails, the tasks are failed in Redis before
-    the error reaches the client, so nothing unacknowledged ever runs to completion."""
+    the error reaches the client, so nothing unacknowledged ever runs to completion.
+    `task_ids`, when given, are ids chosen beforehand (an idempotency key's claim names its task);
+    `companions_of(tasks)` gives rows committed with the tasks (their audit entry);
+    `limits` is (memory MiB, CPU seconds), each None for none."""
+    memory_mb, cpu_s = limits
     tasks = [Task(owner=_owner(owner), function=function, payload=p, payload_size=len(p),
-                  timeout=timeout, retry_of=retry_of) for p in payloads]
-    queued = [queue_entry(t.id, function.id, t.owner_id, p, timeout) for t, p in zip(tasks, payloads)]
+                  timeout=timeout, retry_of=retry_of, memory_limit_mb=memory_mb, cpu_limit_s=cpu_s)
+             for p in payloads]
+    for task, task_id in zip(tasks, task_ids or ()):
+        task.id = task_id
+    queued = [queue_entry(t.id, function.id, t.owner_id, p, timeout, 1, memory_mb, cpu_s)
+              for t, p in zip(tasks, payloads)]
     store = task_store()
     store.enqueue(queued, received_at)
     try:
-        _task_rows.insert(tasks)
+        _task_rows.insert(tasks, companions_of(tasks) if companions_of else ())
     except Exception as exc:
         _abandon(store, [t.task_id for t in queued])
         if isinstance(exc, IntegrityError):  # the function was deleted a moment ago
@@ -185,7 +198,7 @@ def task_retry(*, task: Task) -> Task:
     if task.status not in FINAL_STATUSES:
         raise NotCancellable(f"Task {task.id} has not finished; only finished tasks can be retried.")
     return task_submit_batch(owner=task.owner, function=task.function, payloads=[bytes(task.payload)],
-                             timeout=task.timeout, retry_of=task)[0]
+                             timeout=task.timeout, retry_of=task, limits=(task.memory_limit_mb, task.cpu_limit_s))[0]
 
 
 _local = threading.local()  # one done-listener per server thread, kept between long-polls

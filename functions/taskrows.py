@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from functions.models import Function, Task, Worker
 from functions.taskstore import QueuedTask
+from workers import limits
 from workers.protocol import FINAL_STATUSES, Result, TaskStatus
 
 UNFINISHED = [TaskStatus.QUEUED.value, TaskStatus.RUNNING.value]
@@ -30,10 +31,10 @@ def to_timestamp(value: dt.datetime | None) -> float | None:
 
 
 def queue_entry(task_id, function_id, owner_id: int | None, payload, timeout: float | None,
-                attempt: int = 1) -> QueuedTask:
+                attempt: int = 1, memory_mb: int | None = None, cpu_s: int | None = None) -> QueuedTask:
     """What Redis queues for one task row (the owner as the store writes it: "" for anonymous)."""
     return QueuedTask(str(task_id), str(function_id), "" if owner_id is None else str(owner_id),
-                      bytes(payload), timeout, attempt)
+                      bytes(payload), timeout, attempt, limits.encode(memory_mb and memory_mb * limits.MIB, cpu_s))
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -51,9 +52,9 @@ def queue_entries(task_ids: list, statuses=(TaskStatus.QUEUED.value,)) -> list[Q
     """The queue entries of rows in `statuses`, rebuilt from the database (payloads
     included), in the order of `task_ids`; the attempt is the next one."""
     rows = Task.objects.filter(id__in=task_ids, status__in=statuses).values_list(
-        "id", "function_id", "owner_id", "payload", "timeout", "attempts")
-    found = {str(tid): queue_entry(tid, fid, owner, payload, timeout, attempts + 1)
-             for tid, fid, owner, payload, timeout, attempts in rows}
+        "id", "function_id", "owner_id", "payload", "timeout", "attempts", "memory_limit_mb", "cpu_limit_s")
+    found = {str(tid): queue_entry(tid, fid, owner, payload, timeout, attempts + 1, memory, cpu)
+             for tid, fid, owner, payload, timeout, attempts, memory, cpu in rows}
     return [found[str(t)] for t in task_ids if str(t) in found]
 
 

@@ -18,4 +18,8 @@ urlpatterns = [
     both(r"result/(?P<task_id>[^/]+)", views.ResultView, "task-result"),
     both("results", views.ResultsView, "task-results"),
     both(r"cancel/(?P<task_id>[^/]+)", views.CancelView, "task-cancel"),
+    both(r"functions/(?P<name>[^/]+)/versions", views.FunctionVersionsView, "function-versions"),
+    both(r"tasks/(?P<task_id>[^/]+)/events", views.TaskEventsView, "task-events"),
+    both(r"tasks/(?P<task_id>[^/]+)", views.TaskDetailView, "task-detail"),
+    both(r"webhooks/secret", views.WebhookSecretView, "webhook-secret"),
 ]

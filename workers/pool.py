@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from workers import execution
+from workers import execution, limits
 from workers.exceptions import ProtocolError, WorkerFailureException
 from workers.protocol import Result, Task, TaskStatus
 from workers.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
@@ -48,7 +48,8 @@ RESTART_BACKOFF_MAX = 5.0  # ceiling on the delay between restarts of children t
 # Parent <-> child frames. struct, not pickle, in the child-to-parent direction: the child
 # runs user code, and the parent (the dispatcher, in local mode) must never unpickle
 # anything that code could have written.
-_TASK_HEAD = struct.Struct("!HHIIQ")  # lengths: task id, function id, function, arguments; result cap
+_TASK_HEAD = struct.Struct("!HHIIQQQ")  # lengths: task id, function id, function, arguments; result cap;
+# memory limit (bytes) and CPU limit (seconds), 0 for none
 _RESULT_HEAD = struct.Struct("!cddI")  # status, started_at, finished_at (NaN for None), error length
 _READY = b"R"  # child -> parent, once, when it can take a task
 _STATUS_BYTES = {TaskStatus.COMPLETED.value: b"C", TaskStatus.FAILED.value: b"F"}
@@ -70,6 +71,8 @@ class Slot:
     started_wall: float | None = None  # wall clock, for the FAILED result of a killed task
     deadline: float | None = None  # monotonic; task deadline, boot timeout or exit grace
     deadline_s: float | None = None
+    cpu_seconds: int | None = None  # the task's CPU allowance: an EXIT_CPU exit means it was used up
+    memory_bytes: int | None = None  # the task's memory allowance: running out of it retires the child
     lost: bool = False  # no longer talked to (pipe broke, or killed); waiting for the exit
     killed: bool = False  # SIGKILL sent
     kill_reason: str | None = None  # overrides the exit status in the failure message
@@ -195,6 +198,7 @@ class ProcessPool:
         except struct.error as exc:
             raise ValueError(f"task {task.task_id[:100]} does not fit a pool frame: {exc}") from None
         slot.task_id, slot.deadline_s = task.task_id, task.deadline_s
+        slot.cpu_seconds, slot.memory_bytes = task.cpu_seconds, task.memory_bytes
         slot.started, slot.started_wall = time.monotonic(), time.time()
         slot.deadline = None if task.deadline_s is None else slot.started + task.deadline_s
         self._by_task[task.task_id] = slot
@@ -269,6 +273,8 @@ class ProcessPool:
         results.append(result)
         del self._by_task[slot.task_id]
         slot.task_id = slot.deadline = slot.deadline_s = None
+        if slot.memory_bytes and result.error == f"WorkerFailureException: {limits.memory_reason(slot.memory_bytes)}":
+            self._lose(slot, PIPE_GRACE)  # the child exits after this result: it must get no other task
 
     def _enforce_deadlines(self, now: float, results: list[Result]) -> None:
         for slot in [s for s in self._slots if s.deadline is not None and s.deadline <= now]:
@@ -300,6 +306,8 @@ class ProcessPool:
         """The child has exited (or is abandoned): fail what it held, reap it, forget it."""
         _kill_group(slot.pid)  # grandchildren may outlive it; its unreaped exit keeps the group id ours
         slot.process.join(wait)
+        if slot.cpu_seconds and slot.process.exitcode == limits.EXIT_CPU and slot.task_id is not None:
+            slot.kill_reason = limits.cpu_reason(slot.cpu_seconds)  # the limit, not a crash: never retried
         reason = slot.kill_reason or _exit_reason(slot.process.exitcode)
         if slot.process.exitcode is None:
             self._dying.append(slot.process)
@@ -392,17 +400,18 @@ def _death_fd(process: BaseProcess) -> tuple[int, bool]:
 
 def _encode_task(task: Task, max_result_bytes: int) -> bytes:
     task_id, function_id = task.task_id.encode(), (task.function_id or "").encode()
-    head = _TASK_HEAD.pack(len(task_id), len(function_id), len(task.function), len(task.arguments), max_result_bytes)
+    head = _TASK_HEAD.pack(len(task_id), len(function_id), len(task.function), len(task.arguments), max_result_bytes,
+                           task.memory_bytes or 0, task.cpu_seconds or 0)
     return b"".join((head, task_id, function_id, task.function, task.arguments))
 
 
-def _decode_task(frame: bytes) -> tuple[str, str, bytes, bytes, int]:
+def _decode_task(frame: bytes) -> tuple[str, str, bytes, bytes, int, int, int]:
     lengths = _TASK_HEAD.unpack_from(frame)
     fields, at = [], _TASK_HEAD.size
     for n in lengths[:4]:
         fields.append(frame[at:at + n])
         at += n
-    return fields[0].decode(), fields[1].decode(), fields[2], fields[3], lengths[4]
+    return fields[0].decode(), fields[1].decode(), fields[2], fields[3], lengths[4], lengths[5], lengths[6]
 
 
 def _encode_result(result: Result) -> bytes:
@@ -433,14 +442,17 @@ def _child_main(conn: Connection, parent_pid: int) -> None:
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    limits.install_cpu_handler()
     cache: dict = {}
     try:
         conn.send_bytes(_READY)
         while True:
-            task_id, function_id, function, arguments, max_result_bytes = _decode_task(conn.recv_bytes())
-            result = execution.run_call(task_id, function, arguments, max_result_bytes, cache,
-                                        function_id=function_id or None)
+            task_id, function_id, function, arguments, max_result_bytes, memory, cpu = _decode_task(conn.recv_bytes())
+            result, worn = _limited_call(task_id, function_id, function, arguments, max_result_bytes, cache,
+                                         memory, cpu)
             conn.send_bytes(_encode_result(result))
+            if worn:  # a heap that ran out of room is not trusted with the next task
+                return
     except (EOFError, OSError):
         return  # the parent closed the pipe or went away: nothing left to serve
 
@@ -526,3 +538,25 @@ def _exists(pid: int) -> bool:
         return False
     except PermissionError:
         return True
+
+
+def _limited_call(task_id, function_id, function, arguments, max_result_bytes, cache, memory: int,
+                  cpu: int) -> tuple[Result, bool]:
+    """run_call inside the task's resource limits (workers.limits); (result, whether the
+    child must be replaced). A MemoryError under a memory limit is the limit's failure."""
+    try:
+        lift = limits.apply(memory, cpu)
+    except limits.CannotHonour as exc:
+        reason = f"this worker cannot honour the task's limits: {exc}"
+        return Result(task_id, TaskStatus.FAILED.value, dumps(WorkerFailureException(reason)),
+                      f"WorkerFailureException: {reason}", time.time(), time.time()), False
+    try:
+        result = execution.run_call(task_id, function, arguments, max_result_bytes, cache,
+                                    function_id=function_id or None)
+    finally:
+        lift()
+    if memory and result.status == TaskStatus.FAILED.value and "MemoryError" in result.error.partition("\n")[0]:
+        reason = limits.memory_reason(memory)
+        return Result(task_id, TaskStatus.FAILED.value, dumps(WorkerFailureException(reason)),
+                      f"WorkerFailureException: {reason}", result.started_at, result.finished_at), True
+    return result, False

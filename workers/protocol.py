@@ -52,6 +52,9 @@ class WorkerInfo:
     hostname: str = ""
     pid: int = 0
     holding: tuple[str, ...] = ()  # tasks it is already running or holding (after a reconnect)
+    python: str = ""  # its environment (workers.environment.describe), so the dispatcher sends it
+    dill: str = ""  # only tasks whose modules it can import
+    modules: tuple[str, ...] | None = None  # None: not reported (an older worker): assumed able
 
     @property
     def busy(self) -> int:
@@ -65,6 +68,8 @@ class Task:
     function: bytes  # dill bytes, opaque to the dispatcher
     arguments: bytes  # dill bytes of ((args...), {kwargs})
     deadline_s: float | None = None
+    memory_bytes: int | None = None  # resource limits of the call (workers.limits); None: none
+    cpu_seconds: int | None = None
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ def encode(msg: Message) -> list[bytes]:
         case Request(free, info):
             return [VERSION, Kind.REQUEST.value, _header({"free": free, **_info_fields(info)})]
         case Tasks(tasks):
-            head = [[t.task_id, t.function_id, t.deadline_s] for t in tasks]
+            head = [[t.task_id, t.function_id, t.deadline_s, t.memory_bytes, t.cpu_seconds] for t in tasks]
             blobs = [b for t in tasks for b in (t.function, t.arguments)]
             return [VERSION, Kind.TASKS.value, _header(head), *blobs]
         case Results(results, free):
@@ -149,12 +154,18 @@ def encode(msg: Message) -> list[bytes]:
 
 
 def _info_fields(info: WorkerInfo) -> dict:
-    return {"processes": info.processes, "hostname": info.hostname, "pid": info.pid, "holding": list(info.holding)}
+    fields = {"processes": info.processes, "hostname": info.hostname, "pid": info.pid, "holding": list(info.holding)}
+    if info.modules is not None:
+        fields.update(python=info.python, dill=info.dill, modules=list(info.modules))
+    return fields
 
 
 def _info(head: dict) -> WorkerInfo:
+    modules = head.get("modules")
     return WorkerInfo(processes=int(head["processes"]), hostname=str(head.get("hostname", "")),
-                      pid=int(head.get("pid", 0)), holding=tuple(str(t) for t in head.get("holding", ())))
+                      pid=int(head.get("pid", 0)), holding=tuple(str(t) for t in head.get("holding", ())),
+                      python=str(head.get("python", "")), dill=str(head.get("dill", "")),
+                      modules=None if modules is None else tuple(str(m) for m in modules))
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -178,8 +189,9 @@ def _decode_tasks(head, blobs) -> Tasks:
     if len(blobs) != 2 * len(head):
         raise ProtocolError(f"TASKS header names {len(head)} tasks but {len(blobs)} blobs follow")
     return Tasks(tuple(
-        Task(str(tid), str(fid), blobs[2 * i], blobs[2 * i + 1], None if dl is None else float(dl))
-        for i, (tid, fid, dl) in enumerate(head)
+        Task(str(tid), str(fid), blobs[2 * i], blobs[2 * i + 1], None if dl is None else float(dl),
+             *(None if v is None else int(v) for v in (limits + [None, None])[:2]))
+        for i, (tid, fid, dl, *limits) in enumerate(head)  # limits are absent from older dispatchers
     ))
 
 

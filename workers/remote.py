@@ -20,7 +20,7 @@ from collections import deque
 
 import zmq
 
-from workers import protocol
+from workers import environment, protocol
 from workers.pool import ProcessPool
 from workers.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 
@@ -182,7 +182,8 @@ class RemoteWorker:
         finished = self.unconfirmed.results()
         holding = tuple(dict.fromkeys([*self.pool.holding(), *(t.task_id for t in self.backlog),
                                        *(r.task_id for r in finished)]))
-        info = protocol.WorkerInfo(self.processes, socket.gethostname(), os.getpid(), holding=holding)
+        info = protocol.WorkerInfo(self.processes, socket.gethostname(), os.getpid(), holding=holding,
+                                   **environment.describe())
         free = 0 if self.stopping else self.pool.free - len(self.backlog)
         self.send(protocol.Request(max(0, free), info) if self.mode == "pull" else protocol.Register(info))
         if finished:  # free=0: the registration above already counted every free process

@@ -27,13 +27,13 @@ end
 # queued_at, only_missing ('1': skip tasks Redis still has), then per task QueuedTask.fields().
 # The hash remembers its stream entry: only that entry may ever run the task.
 ENQUEUE = """
-local per, queued = 6, {}
+local per, queued = 7, {}
 for i = 2, #KEYS do
   local a = 4 + (i - 2) * per
   if ARGV[4] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
     local id = redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[a + 1], 'function_id', ARGV[a + 2],
                           'owner', ARGV[a + 3], 'arguments', ARGV[a + 4], 'timeout', ARGV[a + 5],
-                          'attempt', ARGV[a + 6])
+                          'attempt', ARGV[a + 6], 'limits', ARGV[a + 7])
     redis.call('HSET', KEYS[i], 'status', 'QUEUED', 'owner', ARGV[a + 3], 'function_id', ARGV[a + 2],
                'received_at', ARGV[2], 'queued_at', ARGV[3], 'attempts', ARGV[a + 6] - 1, 'entry', id)
     queued[#queued + 1] = i - 1
@@ -114,7 +114,7 @@ end
 local s = redis.call('HGET', KEYS[2], 'status')
 if s == 'COMPLETED' or s == 'FAILED' then return 0 end
 local id = redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[4], 'function_id', ARGV[5], 'owner', ARGV[6],
-                      'arguments', ARGV[7], 'timeout', ARGV[8], 'attempt', ARGV[9])
+                      'arguments', ARGV[7], 'timeout', ARGV[8], 'attempt', ARGV[9], 'limits', ARGV[10])
 redis.call('HSET', KEYS[2], 'status', 'QUEUED', 'owner', ARGV[6], 'function_id', ARGV[5],
            'attempts', ARGV[9] - 1, 'entry', id)
 redis.call('HDEL', KEYS[2], 'dispatcher')
