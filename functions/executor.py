@@ -195,7 +195,8 @@ class FaaSExecutor(Executor):
 
     def _send(self, group: list[tuple[TaskFuture, str, str]]) -> None:
         """One /execute_batch request for calls of one function; its answer or error goes
-        to exactly these futures. Never resent."""
+        to exactly these futures. The client resends it under the same idempotency key
+        when no answer came, so its calls are queued at most once."""
         try:
             ids = self.client.submit_payloads(group[0][1], [p for _, _, p in group], timeout=self.task_timeout)
             error = None
@@ -203,7 +204,7 @@ class FaaSExecutor(Executor):
             ids, error = getattr(exc, "task_ids", []), exc
             if isinstance(exc, TransportError):
                 error = ClientError(f"submitting {len(group)} call(s) got no answer ({exc}); they may or may "
-                                    f"not have been queued, and are not sent again")
+                                    f"not have been queued, and are not sent again")  # after the client's resends
                 error.__cause__ = exc
         sent = [f for (f, _, _), _ in zip(group, ids)]
         for future, task_id in zip(sent, ids):
