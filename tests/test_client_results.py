@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from functions.client import ClientError, FaaSClient, FaaSExecutor
+from functions.client import RESEND_DELAYS, ClientError, FaaSClient, FaaSExecutor
 from functions.transport import TransportError
 from tests import fixtures_functions as ff
 
@@ -108,12 +108,13 @@ class Unanswered:
     """A transport whose submit requests never get an answer; everything else is real."""
 
     def __init__(self, client: FaaSClient):
-        self.inner, self.batches = client.transport, 0
+        self.inner, self.batches, self.keys = client.transport, 0, set()
         client.transport = self
 
     def request(self, method, path, **kwargs):
         if path.startswith("/execute_batch"):
             self.batches += 1
+            self.keys.add(kwargs["json_body"]["idempotency_key"])
             raise TransportError("POST /execute_batch: ReadTimeoutError: timed out")
         return self.inner.request(method, path, **kwargs)
 
@@ -121,7 +122,9 @@ class Unanswered:
         self.inner.close()
 
 
-def test_a_submit_without_an_answer_fails_its_futures_and_is_never_resent(client):
+def test_a_submit_without_an_answer_fails_its_futures_after_resends_under_one_key(client):
+    """Resending is safe: the request's idempotency key makes the server queue it at most
+    once (tests/test_standout_idempotency.py)."""
     executor = FaaSExecutor(client, linger=0.2)  # both calls go in one request
     function_id = executor.function_id(ff.add)
     assert function_id
@@ -133,7 +136,7 @@ def test_a_submit_without_an_answer_fails_its_futures_and_is_never_resent(client
         assert isinstance(caught.value.__cause__, TransportError)
         assert future.task_id is None
     executor.shutdown()
-    assert broken.batches == 1
+    assert broken.batches == 1 + len(RESEND_DELAYS) and len(broken.keys) == 1
 
 
 def test_a_refused_submit_reaches_only_its_own_futures(client):
