@@ -20,6 +20,9 @@ HEARTBEAT_LIVENESS = 3  # missed beats before a peer is declared dead
 RECONNECT_INTERVAL_INIT = 0.5  # first back-off before a worker reconnects, seconds
 RECONNECT_INTERVAL_MAX = 8.0  # back-off ceiling, seconds
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # ZeroMQ MAXMSGSIZE: several payloads near the 16 MiB cap
+# A worker's goodbye after it finished and reported everything it held: whatever the
+# dispatcher still counts as sent to it never reached it.
+CLEAN_GOODBYE = "worker stopping, holding nothing"
 
 
 class TaskStatus(str, enum.Enum):

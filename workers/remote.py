@@ -152,7 +152,9 @@ class RemoteWorker:
 
     def shutdown(self) -> None:
         if self.socket is not None:
-            self.send(protocol.Disconnect("worker stopping"))
+            busy = self.pool.busy + len(self.backlog)
+            self.send(protocol.Disconnect(protocol.CLEAN_GOODBYE if not busy
+                                          else f"worker stopped with {busy} task(s) unfinished"))
             # A moment to flush: the last results may still sit in ZeroMQ's queue.
             self.socket.close(linger=SHUTDOWN_LINGER_MS)
         self.pool.close()
