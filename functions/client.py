@@ -216,6 +216,38 @@ class FaaSClient:
             raise
         return True
 
+    # --- listing --------------------------------------------------------------------------
+
+    def tasks(self, *, status: str | None = None, function_id: str | None = None, since=None, until=None,
+              page_size: int = 100) -> Iterator[dict]:
+        """The caller's tasks, newest first, as dicts (task_id, function_id, function_name,
+        status, attempts, created_at, started_at, finished_at, error), fetched page by page
+        as the iteration goes. `since`/`until` are datetimes or ISO 8601 text."""
+        params = {"status": status, "function": function_id, "since": _iso(since), "until": _iso(until)}
+        return self._pages("/tasks", {k: v for k, v in params.items() if v}, page_size)
+
+    def functions(self, *, page_size: int = 100) -> Iterator[dict]:
+        """The caller's functions, newest first: function_id, name, payload_size, created_at."""
+        return self._pages("/functions", {}, page_size)
+
+    def function(self, function_id: str) -> dict:
+        """One function, with `tasks`: how many of its tasks are in each status."""
+        return self._call("GET", f"/functions/{function_id}")
+
+    def delete_function(self, function_id: str) -> int:
+        """Delete a function and the record of its finished tasks; returns how many went.
+        APIError 409 while any of its tasks is queued or running."""
+        return self._call("DELETE", f"/functions/{function_id}")["deleted_tasks"]
+
+    def _pages(self, path: str, params: dict, page_size: int) -> Iterator[dict]:
+        cursor = None
+        while True:
+            page = self._call("GET", path, params={**params, "limit": page_size, **({"cursor": cursor} if cursor else {})})
+            yield from page["results"]
+            cursor = page["next"]
+            if not cursor:
+                return
+
     # --- payloads -------------------------------------------------------------------------
 
     def encode_call(self, args: Iterable, kwargs: dict) -> str:
@@ -276,6 +308,10 @@ class FaaSClient:
 
 def _name_of(fn) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _iso(when) -> str | None:
+    return when.isoformat() if hasattr(when, "isoformat") else when
 
 
 def _repr(obj) -> str:

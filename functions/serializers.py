@@ -108,3 +108,56 @@ class ResultsRequestSerializer(serializers.Serializer):
 class ResultsSerializer(serializers.Serializer):
     results = ResultSerializer(many=True, help_text="the final tasks, each as GET /result answers it")
     pending = serializers.DictField(child=serializers.CharField(), help_text="task id -> status of the others")
+
+# --- listing (GET /tasks, GET /functions) ---------------------------------------------------
+
+class TaskListQuerySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["QUEUED", "RUNNING", "COMPLETED", "FAILED"], required=False)
+    function = IdField(required=False, help_text="only tasks of this function id")
+    since = serializers.DateTimeField(required=False, help_text="created at or after (ISO 8601)")
+    until = serializers.DateTimeField(required=False, help_text="created before (ISO 8601)")
+    cursor = serializers.CharField(required=False, help_text="`next` of the previous page")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=50)
+
+
+class FunctionListQuerySerializer(serializers.Serializer):
+    cursor = serializers.CharField(required=False, help_text="`next` of the previous page")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=50)
+
+
+class TaskRowSerializer(serializers.Serializer):
+    task_id = serializers.UUIDField()
+    function_id = serializers.UUIDField()
+    function_name = serializers.CharField()
+    status = serializers.ChoiceField(choices=["QUEUED", "RUNNING", "COMPLETED", "FAILED"])
+    attempts = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField(help_text="first line of the error, when FAILED")
+
+
+class TaskPageSerializer(serializers.Serializer):
+    results = TaskRowSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="cursor of the next page; null on the last")
+
+
+class FunctionRowSerializer(serializers.Serializer):
+    function_id = serializers.UUIDField()
+    name = serializers.CharField()
+    payload_size = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+class FunctionDetailSerializer(FunctionRowSerializer):
+    tasks = serializers.DictField(child=serializers.IntegerField(), help_text="task count per status")
+
+
+class FunctionPageSerializer(serializers.Serializer):
+    results = FunctionRowSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="cursor of the next page; null on the last")
+
+
+class FunctionDeletedSerializer(serializers.Serializer):
+    function_id = serializers.UUIDField()
+    deleted_tasks = serializers.IntegerField(help_text="finished tasks whose record went with the function")

@@ -18,4 +18,7 @@ urlpatterns = [
     both(r"result/(?P<task_id>[^/]+)", views.ResultView, "task-result"),
     both("results", views.ResultsView, "task-results"),
     both(r"cancel/(?P<task_id>[^/]+)", views.CancelView, "task-cancel"),
+    both("tasks", views.TaskListView, "task-list"),
+    both("functions", views.FunctionListView, "function-list"),
+    both(r"functions/(?P<function_id>[^/]+)", views.FunctionDetailView, "function-detail"),
 ]
