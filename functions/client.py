@@ -242,7 +242,8 @@ class FaaSClient:
     def _pages(self, path: str, params: dict, page_size: int) -> Iterator[dict]:
         cursor = None
         while True:
-            page = self._call("GET", path, params={**params, "limit": page_size, **({"cursor": cursor} if cursor else {})})
+            query = {**params, "limit": page_size, **({"cursor": cursor} if cursor else {})}
+            page = self._call("GET", path, params=query)
             yield from page["results"]
             cursor = page["next"]
             if not cursor:

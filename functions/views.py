@@ -156,7 +156,8 @@ class TaskListView(APIView):
     """The caller's tasks, newest first; filter by status, function and creation time, and
     follow `next` (a cursor) for the following page."""
 
-    @extend_schema(operation_id="tasks_list", parameters=[s.TaskListQuerySerializer], responses={200: s.TaskPageSerializer})
+    @extend_schema(operation_id="tasks_list", parameters=[s.TaskListQuerySerializer],
+                   responses={200: s.TaskPageSerializer})
     def get(self, request):
         q = _query(s.TaskListQuerySerializer, request)
         try:
