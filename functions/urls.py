@@ -2,7 +2,7 @@
 
 from django.urls import re_path
 
-from functions import views
+from functions import health, views
 
 
 def both(path: str, view, name: str):
@@ -21,4 +21,6 @@ urlpatterns = [
     both("tasks", views.TaskListView, "task-list"),
     both("functions", views.FunctionListView, "function-list"),
     both(r"functions/(?P<function_id>[^/]+)", views.FunctionDetailView, "function-detail"),
+    re_path(r"^healthz/?$", health.healthz, name="healthz"),
+    re_path(r"^readyz/?$", health.readyz, name="readyz"),
 ]
