@@ -17,6 +17,7 @@ import redis
 import zmq
 
 from dispatch.config import DispatcherConfig
+from dispatch.metrics import DispatcherMetrics
 from dispatch.recovery import RECLAIM_INTERVAL, Recovery
 from dispatch.state import FunctionCache, InFlight
 from dispatch.writer import DatabaseWriter
@@ -54,6 +55,7 @@ class Dispatcher:
         self.next_reclaim = 0.0
         self.listener = None
         self.publisher = DashboardPublisher()
+        self.metrics = DispatcherMetrics(config.consumer, clock)
 
     @property
     def consumer(self) -> str:
@@ -101,6 +103,7 @@ class Dispatcher:
             if self.in_flight:
                 self.lose(list(self.in_flight), "dispatcher stopped before the task finished")
             self.store_pending()
+            self.metrics.flush(self.store)
         except redis.RedisError as exc:
             log.error("Redis is unavailable at shutdown (%s): %d result(s) could not be recorded; "
                       "their tasks are reclaimed by the next dispatcher", exc, len(self.unstored))
@@ -149,6 +152,7 @@ class Dispatcher:
         self.expire_deadlines(now)
         if now >= self.next_reclaim:
             self.next_reclaim = now + RECLAIM_INTERVAL
+            self.metrics.flush(self.store)
             self.refresh_liveness()
             self.recovery.periodic(now)
         self.flush(now)
@@ -162,6 +166,7 @@ class Dispatcher:
         return max(0.0, wake_at - now)
 
     def wait(self, timeout: float) -> set:
+        self.metrics.wait_begins()
         poller = zmq.Poller()
         items = self.poll_items()
         for item in items:
@@ -170,6 +175,7 @@ class Dispatcher:
         if sock is not None:  # wake on pub/sub too
             poller.register(sock, zmq.POLLIN)
         events = dict(poller.poll(int(timeout * 1000)))
+        self.metrics.wait_ends()
         return {item for item in items if item in events}
 
     # --- the queue -----------------------------------------------------------------------
@@ -249,6 +255,7 @@ class Dispatcher:
                 self.fail([q.task_id], FunctionFailedException(f"function {q.function_id} no longer exists"))
                 continue
             tasks.append(protocol.Task(q.task_id, q.function_id, function, q.arguments, timeout))
+            self.metrics.claimed(c.entry_id, wall)
         if tasks:
             self.hand_out(tasks, wall)
 
@@ -281,6 +288,7 @@ class Dispatcher:
         while retries remain (--retries), as a lost worker does."""
         retried = [r.task_id for r in results if r.retry and self._retries_left(r.task_id)]
         if retried and (requeued := self.requeue(retried, count_attempt=True)):
+            self.metrics.retried(requeued)
             log.warning("re-queued %d task(s) whose process died under them", requeued)
         done = set(retried)
         for r in results:
@@ -318,6 +326,7 @@ class Dispatcher:
         FAIL. The message says how many times it ran when it ran more than once."""
         again = [t for t in task_ids if retry and self._retries_left(t)]
         if again and (requeued := self.requeue(again, count_attempt=True)):
+            self.metrics.retried(requeued)
             log.warning("re-queued %d task(s): %s", requeued, reason)
         rest = [t for t in task_ids if t not in set(again)]
         for attempt, ids in _by_attempt(rest, self.in_flight).items():
@@ -359,6 +368,7 @@ class Dispatcher:
             self.writes.finish(r, flight.worker if flight else None, flight.queued.attempt if flight else 1,
                                flight.entry_id if flight else None)
             self.publisher.task(r.task_id, r.status)
+            self.metrics.finished(r, flight.queued.function_id if flight else "")
             if flight is not None and flight.worker is not None:
                 self.worker_done[flight.worker] = self.worker_done.get(flight.worker, 0) + 1
         self.writes.forget(losers)

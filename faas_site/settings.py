@@ -157,6 +157,8 @@ FAAS_TASK_TIMEOUT = env_float("FAAS_TASK_TIMEOUT", None)  # default task deadlin
 FAAS_RESULT_TTL = env_int("FAAS_RESULT_TTL", 7 * 24 * 3600)  # how long Redis keeps a finished task
 # How long a server process trusts an API token it has checked (0: ask the database every time).
 FAAS_TOKEN_CACHE_SECONDS = env_float("FAAS_TOKEN_CACHE_SECONDS", 10.0) or 0.0
+# A scraper sending `Authorization: Bearer <this>` may read /metrics (staff sessions always may).
+FAAS_METRICS_TOKEN = env_str("FAAS_METRICS_TOKEN", "")
 
 # The JSON body holds base64 of the payload (4/3 larger) plus a little JSON around it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = FAAS_MAX_PAYLOAD_BYTES * 4 // 3 + FAAS_MAX_PAYLOAD_BYTES // 38 + 64 * 1024

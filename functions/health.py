@@ -18,21 +18,21 @@ from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.http import require_GET
 
-from functions import mirror
+from functions.taskstore import TaskStore
 
 CHECK_TIMEOUT = 1.0  # seconds each Redis command of a probe may take
 
 
 @functools.lru_cache(maxsize=4)
-def _probe_client(url: str) -> redis.Redis:
-    """A client of its own with short timeouts: the API's pool waits longer, by design."""
-    return redis.Redis.from_url(url, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT)
+def _probe_store(url: str) -> TaskStore:
+    """A store of its own with short timeouts: the API's connections wait longer, by design."""
+    return TaskStore(redis.Redis.from_url(url, socket_timeout=CHECK_TIMEOUT, socket_connect_timeout=CHECK_TIMEOUT))
 
 
-def check_redis(r: redis.Redis) -> str | None:
+def check_redis(store: TaskStore) -> str | None:
     """None when Redis answers, else the reason."""
     try:
-        r.ping()
+        store.ping()
     except redis.RedisError as exc:
         return f"Redis does not answer: {exc}"
     return None
@@ -47,12 +47,6 @@ def check_database() -> str | None:
     return None
 
 
-def live_dispatchers(r: redis.Redis) -> list[str]:
-    """Names of dispatchers whose liveness key has not expired (each refreshes it every 2 s)."""
-    prefix = mirror.dispatcher_key("")
-    return sorted(key.decode()[len(prefix):] for key in r.scan_iter(match=prefix + "*", count=100))
-
-
 @require_GET
 def healthz(request):
     """The process is up and serving requests; checks nothing else, so it never flaps."""
@@ -64,17 +58,17 @@ def readyz(request):
     """200 when the platform can run a task submitted now; 503 with the reason of each
     check that failed otherwise."""
     began = time.monotonic()
-    r = _probe_client(settings.REDIS_URL)
+    store = _probe_store(settings.REDIS_URL)
     problems = {}
     if (why := check_database()) is not None:
         problems["database"] = why
-    if (why := check_redis(r)) is not None:
+    if (why := check_redis(store)) is not None:
         problems["redis"] = why
         problems["dispatchers"] = "unknown: Redis does not answer"
         dispatchers = []
     else:
         try:
-            dispatchers = live_dispatchers(r)
+            dispatchers = store.live_dispatcher_names()  # each refreshes its key every 2 s
         except redis.RedisError as exc:
             dispatchers, problems["redis"] = [], f"Redis does not answer: {exc}"
         if not dispatchers:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from django.db import transaction
 from django.db.models import Count, Q
 
-from functions import mirror, services
+from functions import services
 from functions.models import Function, Task
 from workers.protocol import FINAL_STATUSES, TaskStatus
 
@@ -89,7 +89,7 @@ def _overlay_live_status(rows: list[dict]) -> None:
     unfinished = [row for row in rows if row["status"] not in FINAL_STATUSES]
     if not unfinished:
         return
-    for row, live in zip(unfinished, mirror.task_statuses(services.redis_client(), [str(r["id"]) for r in unfinished])):
+    for row, live in zip(unfinished, services.task_store().statuses([str(r["id"]) for r in unfinished])):
         if live is not None:
             row["status"] = live
 
@@ -141,5 +141,5 @@ def function_delete(*, owner, function_id) -> int:
         removed = Task.objects.filter(function_id=fid).count()
         function.delete()
     services._function_owners.pop(fid, None)  # this process's owner cache; others forget within 30 s
-    services.redis_client().delete(mirror.function_key(fid))  # dispatchers read payloads from here first
+    services.task_store().drop_function(fid)  # dispatchers read payloads from Redis first
     return removed

@@ -2,7 +2,7 @@
 
 from django.urls import re_path
 
-from functions import health, views
+from functions import health, metrics, views
 
 
 def both(path: str, view, name: str):
@@ -23,4 +23,5 @@ urlpatterns = [
     both(r"functions/(?P<function_id>[^/]+)", views.FunctionDetailView, "function-detail"),
     re_path(r"^healthz/?$", health.healthz, name="healthz"),
     re_path(r"^readyz/?$", health.readyz, name="readyz"),
+    re_path(r"^metrics/?$", metrics.metrics, name="metrics"),
 ]

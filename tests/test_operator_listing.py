@@ -10,7 +10,7 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from functions import mirror
+from functions.taskstore import keys
 from functions.client import APIError, FaaSClient
 from functions.models import Task
 from tests import fixtures_functions as ff
@@ -95,7 +95,7 @@ def test_tasks_filters_by_status_function_and_time(alice):
 
 def test_tasks_shows_the_live_status_of_unfinished_rows(alice, redis_client):
     task_id = submit(alice, register(alice))
-    redis_client.hset(mirror.task_key(task_id), "status", "RUNNING")  # the database row lags one flush
+    redis_client.hset(keys.task_key(task_id), "status", "RUNNING")  # the database row lags one flush
     assert alice.get("/tasks").json()["results"][0]["status"] == "RUNNING"
 
 
@@ -136,7 +136,7 @@ def test_delete_function_refused_while_tasks_unfinished_then_removes_it(alice, b
     assert response.status_code == 200
     assert response.json() == {"function_id": fid, "deleted_tasks": 1}
     assert alice.get(f"/functions/{fid}").status_code == 404
-    assert not redis_client.exists(mirror.function_key(fid))
+    assert not redis_client.exists(keys.function_key(fid))
     submitted = alice.post("/execute_function", {"function_id": fid, "payload": serialize(((1, 2), {}))},
                            format="json")
     assert submitted.status_code == 404

@@ -12,6 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
+from functions.taskstore import metrics
 from functions.taskstore.keys import DISPATCHER_TTL, DONE_INLINE_BYTES, THROUGHPUT_WINDOW
 from functions.taskstore.records import Claim, Claimed, QueueDepth, QueuedTask, parse_done
 from workers.protocol import FINAL_STATUSES, Result
@@ -45,6 +46,8 @@ class MemoryTaskStore:
         self.throughput_counts: dict[int, int] = {}
         self.listeners: list = []
         self.run_id = "memory-1"
+        self.counters: dict[str, float] = {}
+        self.lags: dict[str, tuple[float, float]] = {}  # consumer -> (lag, expiry)
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -89,6 +92,9 @@ class MemoryTaskStore:
     def put_function(self, function_id, owner_id: str, payload: bytes) -> None:
         self.functions[str(function_id)] = payload
 
+    def drop_function(self, function_id) -> None:
+        self.functions.pop(str(function_id), None)
+
     def function_payloads(self, function_ids: list[str]) -> dict[str, bytes]:
         return {f: self.functions[f] for f in function_ids if f in self.functions}
 
@@ -107,6 +113,7 @@ class MemoryTaskStore:
                                      "attempts": _b(q.attempt - 1), "entry": entry_id}
             self.expiry.pop(q.task_id, None)
             queued.append(i)
+            self.add_metrics({metrics.field(metrics.SUBMITTED, function=q.function_id): 1})
         if queued:
             self._publish("wake", str(len(queued)).encode())
         return queued
@@ -263,6 +270,9 @@ class MemoryTaskStore:
     def live_dispatchers(self, names: Iterable[str]) -> set[str]:
         return {n for n in names if self._is_alive(n)}
 
+    def live_dispatcher_names(self) -> list[str]:
+        return sorted(n for n in self.alive if self._is_alive(n))
+
     def any_dispatcher_alive(self) -> bool:
         return any(self._is_alive(n) for n in self.alive)
 
@@ -297,6 +307,20 @@ class MemoryTaskStore:
     def send_control(self, command: str, **fields) -> int:
         self._publish("control", json.dumps({"command": command, **fields}).encode())
         return sum(1 for listener in self.listeners if listener.control)
+
+    # --- metrics (/metrics) -------------------------------------------------------------
+
+    def add_metrics(self, counts: dict[str, float], lags: dict[str, float] | None = None) -> None:
+        for name, amount in counts.items():
+            self.counters[name] = self.counters.get(name, 0) + amount
+        for consumer, lag in (lags or {}).items():
+            self.lags[consumer] = (lag, self.clock() + metrics.LAG_TTL)
+
+    def metrics(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.counters.items()}
+
+    def metric_lags(self) -> dict[str, float]:
+        return {name: lag for name, (lag, expiry) in self.lags.items() if expiry > self.clock()}
 
     # --- the console ------------------------------------------------------------------
 

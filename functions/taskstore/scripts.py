@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 
+from functions.taskstore import metrics
 from functions.taskstore.keys import DONE_INLINE_BYTES
 
 # The done message: the status, then (when small) the error and result, so a waiting
@@ -37,11 +38,12 @@ for i = 2, #KEYS do
     redis.call('HSET', KEYS[i], 'status', 'QUEUED', 'owner', ARGV[a + 3], 'function_id', ARGV[a + 2],
                'received_at', ARGV[2], 'queued_at', ARGV[3], 'attempts', ARGV[a + 6] - 1, 'entry', id)
     queued[#queued + 1] = i - 1
+    SUBMIT_COUNTER
   end
 end
 if #queued > 0 then redis.call('PUBLISH', ARGV[1], #queued) end
 return queued
-"""
+""".replace("SUBMIT_COUNTER", metrics.SUBMIT_COUNTER_LUA.format(fid="ARGV[a + 2]"))
 
 # QUEUED -> RUNNING for new entries. KEYS[1]=stream; ARGV = group, consumer, count,
 # dispatched_at, task key prefix. Per entry: {id, fields, code} with code 1 started,

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import redis
 
-from functions.taskstore import keys
+from functions.taskstore import keys, metrics
 from functions.taskstore.keys import (
     CONTROL_CHANNEL,
     DISPATCHER_TTL,
@@ -124,6 +124,10 @@ class TaskStore:
 
     def put_function(self, function_id, owner_id: str, payload: bytes) -> None:
         self.redis.hset(keys.function_key(function_id), mapping={"payload": payload, "owner": owner_id or ""})
+
+    def drop_function(self, function_id) -> None:
+        """Forget a deleted function's cached payload, so no dispatcher runs it again."""
+        self.redis.delete(keys.function_key(function_id))
 
     def function_payloads(self, function_ids: list[str]) -> dict[str, bytes]:
         pipe = self.redis.pipeline(transaction=False)
@@ -280,6 +284,11 @@ class TaskStore:
             pipe.exists(keys.dispatcher_key(name))
         return {name for name, alive in zip(names, pipe.execute()) if alive}
 
+    def live_dispatcher_names(self) -> list[str]:
+        """Every dispatcher whose liveness key has not expired, by name (for /readyz and /metrics)."""
+        prefix = keys.dispatcher_key("")
+        return sorted(key.decode()[len(prefix):] for key in self.redis.scan_iter(match=prefix + "*", count=100))
+
     def any_dispatcher_alive(self) -> bool:
         return next(self.redis.scan_iter(match=keys.dispatcher_key("*"), count=100), None) is not None
 
@@ -320,6 +329,31 @@ class TaskStore:
     def send_control(self, command: str, **fields) -> int:
         """Tell every running dispatcher to act (cancel a task, drain a worker); returns listeners reached."""
         return self.redis.publish(CONTROL_CHANNEL, json.dumps({"command": command, **fields}))
+
+    # --- metrics (/metrics) -------------------------------------------------------------
+
+    def add_metrics(self, counts: dict[str, float], lags: dict[str, float] | None = None) -> None:
+        """Add to the platform's counters (field -> amount) and set dispatchers' loop lags,
+        in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name, amount in counts.items():
+            if name.endswith("_sum"):  # a float: HINCRBY would refuse the field once it holds a fraction
+                pipe.hincrbyfloat(metrics.COUNTERS_KEY, name, amount)
+            else:
+                pipe.hincrby(metrics.COUNTERS_KEY, name, int(amount))
+        for consumer, lag in (lags or {}).items():
+            pipe.set(metrics.lag_key(consumer), repr(lag), ex=metrics.LAG_TTL)
+        pipe.execute()
+
+    def metrics(self) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in self.redis.hgetall(metrics.COUNTERS_KEY).items()}
+
+    def metric_lags(self) -> dict[str, float]:
+        """Loop lag of each dispatcher that reported in the last few seconds."""
+        prefix = metrics.lag_key("")
+        names = [key.decode() for key in self.redis.scan_iter(match=prefix + "*", count=100)]
+        values = self.redis.mget(names) if names else []
+        return {name[len(prefix):]: float(v) for name, v in zip(names, values) if v is not None}
 
     # --- the console ------------------------------------------------------------------
 
