@@ -254,7 +254,8 @@ class Dispatcher:
             if function is None:
                 self.fail([q.task_id], FunctionFailedException(f"function {q.function_id} no longer exists"))
                 continue
-            tasks.append(protocol.Task(q.task_id, q.function_id, function, q.arguments, timeout))
+            tasks.append(protocol.Task(q.task_id, q.function_id, function, q.arguments, timeout,
+                                       self.config.soft_deadline(timeout)))
             self.metrics.claimed(c.entry_id, wall)
         if tasks:
             self.hand_out(tasks, wall)

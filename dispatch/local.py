@@ -9,13 +9,15 @@ import time
 from dispatch.core import Dispatcher
 from workers import protocol
 from workers.pool import ProcessPool
+from workers.recycling import ChildLimits
 
 
 class LocalDispatcher(Dispatcher):
     mode = "local"
 
     def setup(self) -> None:
-        self.pool = ProcessPool(self.config.workers, max_result_bytes=self.config.max_result_bytes)
+        limits = ChildLimits(self.config.max_tasks_per_child, self.config.max_memory_per_child)
+        self.pool = ProcessPool(self.config.workers, max_result_bytes=self.config.max_result_bytes, limits=limits)
         self.pool.start()
         self.identity = f"local-{socket.gethostname()}-{os.getpid()}"
         self.next_heartbeat = 0.0

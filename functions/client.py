@@ -204,6 +204,12 @@ class FaaSClient:
         params = {"wait": f"{wait:.3f}"} if wait > 0 else None
         return self._call("GET", f"/result/{task_id}", params=params, timeout=self.timeout + wait)
 
+    def output(self, task_id: str) -> str | None:
+        """What the task's function printed to stdout and stderr and logged (the last 64 KiB,
+        with a note when cut), once the task is final; None while it is not."""
+        body = self.poll(task_id)
+        return body.get("output", "") if body["status"] in FINAL else None
+
     def cancel(self, task_id: str, *, queued_only: bool = False) -> bool:
         """Cancel a task: a queued one never runs, a running one has its process stopped
         (unless `queued_only`). Either way it FAILS with WorkerFailureException("cancelled").

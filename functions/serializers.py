@@ -85,6 +85,8 @@ class StatusSerializer(serializers.Serializer):
 class ResultSerializer(StatusSerializer):
     result = serializers.CharField(allow_null=True, help_text="serialize(value) or serialize(exception); null before")
     error = serializers.CharField(required=False, help_text="plain-text reason, when FAILED")
+    output = serializers.CharField(required=False, allow_blank=True,
+                                   help_text="once final: the last 64 KiB the function printed or logged")
 
 
 class ExecutedSerializer(TaskIdSerializer):

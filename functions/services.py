@@ -140,6 +140,7 @@ class TaskView:
     status: str
     result: bytes | None
     error: str
+    output: str = ""  # what the function printed or logged (its tail), once final
 
     @property
     def final(self) -> bool:
@@ -155,14 +156,15 @@ def task_view(*, owner, task_id) -> TaskView:
             raise NotFound(f"No task with id {tid}.")
         status = data["status"].decode()
         result = data.get("result") if status in FINAL_STATUSES else None
-        return TaskView(str(tid), status, result, data.get("error", b"").decode())
+        return TaskView(str(tid), status, result, data.get("error", b"").decode(),
+                        data.get("output", b"").decode(errors="replace"))
     row = (Task.objects.filter(id=tid, owner=_owner(owner))
-           .values_list("status", "result", "error").first())
+           .values_list("status", "result", "error", "output").first())
     if row is None:
         raise NotFound(f"No task with id {tid}.")
-    status, result, error = row
+    status, result, error, output = row
     return TaskView(str(tid), status, bytes(result) if result is not None and status in FINAL_STATUSES else None,
-                    error or "")
+                    error or "", output or "")
 
 
 def task_cancel(*, task: Task, reason: str = "cancelled", queued_only: bool = False) -> None:

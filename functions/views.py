@@ -23,6 +23,8 @@ def task_body(view: services.TaskView, with_result: bool) -> dict:
         body["result"] = serialization.encode(view.result) if view.result is not None else None
         if view.status == "FAILED":
             body["error"] = view.error
+        if view.status in ("COMPLETED", "FAILED"):
+            body["output"] = view.output
     return body
 
 

@@ -65,6 +65,7 @@ class Task:
     function: bytes  # dill bytes, opaque to the dispatcher
     arguments: bytes  # dill bytes of ((args...), {kwargs})
     deadline_s: float | None = None
+    soft_deadline_s: float | None = None  # seconds before SoftTimeLimitExceeded is raised in the function
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ class Result:
     started_at: float | None = None  # wall clock, seconds
     finished_at: float | None = None
     retry: bool = False  # the worker says this failure may be retried (its process died under it)
+    output: str = ""  # what the function printed or logged: the tail, capped in the pool child
 
 
 @dataclass(frozen=True)
@@ -132,12 +134,15 @@ def encode(msg: Message) -> list[bytes]:
         case Request(free, info):
             return [VERSION, Kind.REQUEST.value, _header({"free": free, **_info_fields(info)})]
         case Tasks(tasks):
-            head = [[t.task_id, t.function_id, t.deadline_s] for t in tasks]
+            head = [[t.task_id, t.function_id, t.deadline_s, *([t.soft_deadline_s] if t.soft_deadline_s else [])]
+                    for t in tasks]
             blobs = [b for t in tasks for b in (t.function, t.arguments)]
             return [VERSION, Kind.TASKS.value, _header(head), *blobs]
         case Results(results, free):
             head = {"free": free, "r": [[r.task_id, r.status, r.error, r.started_at, r.finished_at, r.retry]
                                      for r in results]}
+            if any(r.output for r in results):  # by position, only where there is some: most tasks print nothing
+                head["o"] = {str(i): r.output for i, r in enumerate(results) if r.output}
             return [VERSION, Kind.RESULTS.value, _header(head), *(r.result for r in results)]
         case Cancel(task_ids):
             return [VERSION, Kind.CANCEL.value, _header(list(task_ids))]
@@ -178,8 +183,9 @@ def _decode_tasks(head, blobs) -> Tasks:
     if len(blobs) != 2 * len(head):
         raise ProtocolError(f"TASKS header names {len(head)} tasks but {len(blobs)} blobs follow")
     return Tasks(tuple(
-        Task(str(tid), str(fid), blobs[2 * i], blobs[2 * i + 1], None if dl is None else float(dl))
-        for i, (tid, fid, dl) in enumerate(head)
+        Task(str(tid), str(fid), blobs[2 * i], blobs[2 * i + 1], None if dl is None else float(dl),
+             float(rest[0]) if rest and rest[0] is not None else None)
+        for i, (tid, fid, dl, *rest) in enumerate(head)
     ))
 
 
@@ -187,12 +193,12 @@ def _decode_results(head, blobs) -> Results:
     rows = head["r"]
     if len(blobs) != len(rows):
         raise ProtocolError(f"RESULTS header names {len(rows)} results but {len(blobs)} blobs follow")
-    results = []
-    for (tid, status, error, started, finished, *rest), blob in zip(rows, blobs):
+    results, outputs = [], head.get("o") or {}
+    for i, ((tid, status, error, started, finished, *rest), blob) in enumerate(zip(rows, blobs)):
         if status not in FINAL_STATUSES:
             raise ProtocolError(f"result for {str(tid)[:64]} has status {str(status)[:16]!r}, not a final one")
         results.append(Result(str(tid), str(status), blob, str(error or ""), _time(started), _time(finished),
-                              bool(rest and rest[0])))
+                              bool(rest and rest[0]), str(outputs.get(str(i), ""))))
     return Results(tuple(results), free=int(head.get("free", 0)))
 
 

@@ -74,8 +74,8 @@ class MemoryTaskStore:
         for listener in self.listeners:
             listener.deliver(channel, data)
 
-    def _publish_done(self, task_id: str, status: bytes, result: bytes, error: bytes) -> None:
-        if len(result) + len(error) <= DONE_INLINE_BYTES:
+    def _publish_done(self, task_id: str, status: bytes, result: bytes, error: bytes, quiet: bool = False) -> None:
+        if not quiet and len(result) + len(error) <= DONE_INLINE_BYTES:
             data = status + b"\n" + str(len(error)).encode() + b"\n" + error + result
         else:
             data = status
@@ -144,8 +144,10 @@ class MemoryTaskStore:
             record["finished_at"] = _b(r.finished_at)
         if stored_at is not None:
             record["stored_at"] = _b(stored_at)
+        if r.output:
+            record["output"] = _b(r.output)
         self.expiry[r.task_id] = self.clock() + ttl
-        self._publish_done(r.task_id, _b(r.status), r.result, _b(r.error))
+        self._publish_done(r.task_id, _b(r.status), r.result, _b(r.error), quiet=bool(r.output))
         return True
 
     def done_listener(self) -> _Listener:
@@ -246,13 +248,15 @@ class MemoryTaskStore:
                 record["started_at"] = _b(r.started_at)
             if r.finished_at is not None:
                 record["finished_at"] = _b(r.finished_at)
+            if r.output:
+                record["output"] = _b(r.output)
             record.update({k: _b(v) for k, v in fields.items()})
             record.pop("entry", None)
             record.pop("dispatcher", None)
             self.expiry[r.task_id] = self.clock() + ttl
             changed = before != _b(r.status)
             if changed:
-                self._publish_done(r.task_id, _b(r.status), r.result, _b(r.error))
+                self._publish_done(r.task_id, _b(r.status), r.result, _b(r.error), quiet=bool(r.output))
             out.append(changed)
         return out
 

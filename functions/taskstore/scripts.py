@@ -14,9 +14,17 @@ from functions.taskstore.keys import DONE_INLINE_BYTES
 
 # The done message: the status, then (when small) the error and result, so a waiting
 # long-poll need not read the hash back. Used by every script that sets a final state.
+# A task with captured output gets the status only (the message has no room for the
+# output): its readers read the hash. `fields_from` is where field, value pairs begin.
 _PUBLISH_DONE = """
-local function publish_done(channel, status, result, err)
-  if #result + #err <= DONE_INLINE_BYTES then
+local function has_output(fields_from)
+  for i = fields_from, #ARGV, 2 do
+    if ARGV[i] == 'output' then return true end
+  end
+  return false
+end
+local function publish_done(channel, status, result, err, quiet)
+  if not quiet and #result + #err <= DONE_INLINE_BYTES then
     redis.call('PUBLISH', channel, status .. '\\n' .. #err .. '\\n' .. err .. result)
   else
     redis.call('PUBLISH', channel, status)
@@ -101,7 +109,7 @@ if ARGV[5] ~= '' and s ~= ARGV[5] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3])
 if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-publish_done(KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+publish_done(KEYS[2], ARGV[1], ARGV[2], ARGV[3], has_output(6))
 return 1
 """
 
@@ -134,7 +142,7 @@ if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
 redis.call('HDEL', KEYS[1], 'entry', 'dispatcher')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if s ~= ARGV[1] then
-  publish_done(KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+  publish_done(KEYS[2], ARGV[1], ARGV[2], ARGV[3], has_output(5))
   return 1
 end
 return 0

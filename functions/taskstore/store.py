@@ -69,6 +69,8 @@ def _final_fields(r: Result) -> list:
         fields += ["started_at", repr(r.started_at)]
     if r.finished_at is not None:
         fields += ["finished_at", repr(r.finished_at)]
+    if r.output:
+        fields += ["output", r.output]
     return fields
 
 

@@ -1,0 +1,63 @@
+"""Functions the operator tests run on workers (importable from the repo root, as the
+workers run there)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+from workers.exceptions import SoftTimeLimitExceeded
+
+
+def chatty(n: int = 3) -> int:
+    print("hello from stdout")
+    print("a warning on stderr", file=sys.stderr)
+    logging.getLogger("user.code").info("step %d of %d", 1, n)
+    sys.stdout.buffer.write(b"raw bytes\n")
+    return n
+
+
+def print_megabytes(megabytes: int) -> int:
+    line = "x" * 1023 + "\n"
+    for i in range(megabytes * 1024):
+        sys.stdout.write(line if i < megabytes * 1024 - 1 else "the very last line\n")
+    return megabytes
+
+
+def print_then_raise():
+    print("about to fail")
+    raise ValueError("after printing")
+
+
+def silent() -> int:
+    return 1
+
+
+def clean_up_on_soft_limit(seconds: float) -> str:
+    try:
+        time.sleep(seconds)
+    except SoftTimeLimitExceeded:
+        return "cleaned up"
+    return "finished"
+
+
+def ignore_soft_limit(seconds: float) -> str:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(end - time.monotonic())
+        except SoftTimeLimitExceeded:
+            pass
+    return "never"
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def grow(megabytes: int) -> int:
+    """Keep `megabytes` alive in the child after the task (a leak)."""
+    globals().setdefault("_leak", []).append(bytearray(megabytes * 1024 * 1024))
+    return os.getpid()
