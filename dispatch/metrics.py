@@ -1,6 +1,6 @@
-"""The dispatcher's share of /metrics: counted in memory as events happen, added to Redis
-(the task store's counters, functions.taskstore.metrics) in one round trip every couple of seconds, so a burst of thousands
-of results costs dictionary increments, not Redis commands.
+"""The dispatcher's share of /metrics: counted in memory as events happen, added to the
+task store's counters (functions.taskstore.metrics) in one round trip every couple of
+seconds, so a burst of thousands of results costs dictionary increments, not Redis commands.
 
 Loop lag is the longest stretch the loop spent working between two waits since the last
 flush: how late, at worst, a worker's message or a wake-up was noticed.
