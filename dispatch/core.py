@@ -56,6 +56,7 @@ class Dispatcher:
         self.listener = None
         self.publisher = DashboardPublisher()
         self.metrics = DispatcherMetrics(config.consumer, clock)
+        self.progress: dict[str, tuple[float, str]] = {}  # reports not yet in the store
 
     @property
     def consumer(self) -> str:
@@ -148,6 +149,8 @@ class Dispatcher:
             self.on_ready(ready, now)
             if self.unstored:  # results first: before heartbeats, deadlines and the database flush
                 self.exchange(now)
+        if self.progress:
+            self.store_progress()
         self.tick(now)
         self.expire_deadlines(now)
         if now >= self.next_reclaim:
@@ -306,6 +309,17 @@ class Dispatcher:
         exc = WorkerFailureException(f"{reason} (attempt {attempt} of {self.config.retries + 1})")
         return Result(r.task_id, r.status, serialization.dumps(exc), f"{type(exc).__name__}: {exc}", r.started_at,
                       r.finished_at)
+
+    def report_progress(self, updates: list[tuple[str, float, str]]) -> None:
+        """How far running tasks have got (each worker sends a few a second at most); stored
+        within the loop's iteration, the latest per task."""
+        for task_id, fraction, message in updates:
+            if task_id in self.in_flight:
+                self.progress[task_id] = (fraction, message)
+
+    def store_progress(self) -> None:
+        reports, self.progress = self.progress, {}
+        self.store.progress(reports)
 
     def _retries_left(self, task_id: str) -> bool:
         flight = self.in_flight.get(task_id)

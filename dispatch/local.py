@@ -51,6 +51,9 @@ class LocalDispatcher(Dispatcher):
 
     def collect(self) -> None:
         results = self.pool.collect()
+        reports = self.pool.take_progress()
+        if reports:
+            self.report_progress([(t, f, m) for t, (f, m) in reports.items()])
         if results:
             self.accept_results(results)
             self.worker_state(self.identity, busy=self.pool.busy)

@@ -204,6 +204,12 @@ class FaaSClient:
         params = {"wait": f"{wait:.3f}"} if wait > 0 else None
         return self._call("GET", f"/result/{task_id}", params=params, timeout=self.timeout + wait)
 
+    def progress(self, task_id: str) -> tuple[float, str] | None:
+        """(fraction, message) the running task last reported with
+        `workers.progress.report_progress`; None when it is not running or has reported nothing."""
+        body = self._call("GET", f"/status/{task_id}")
+        return (body["progress"], body.get("progress_message", "")) if "progress" in body else None
+
     def output(self, task_id: str) -> str | None:
         """What the task's function printed to stdout and stderr and logged (the last 64 KiB,
         with a note when cut), once the task is final; None while it is not."""

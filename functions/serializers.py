@@ -80,6 +80,9 @@ class TaskIdsSerializer(serializers.Serializer):
 class StatusSerializer(serializers.Serializer):
     task_id = serializers.UUIDField()
     status = serializers.ChoiceField(choices=["QUEUED", "RUNNING", "COMPLETED", "FAILED"])
+    progress = serializers.FloatField(required=False, help_text="while RUNNING: the function's last report, 0 to 1")
+    progress_message = serializers.CharField(required=False, allow_blank=True,
+                                             help_text="while RUNNING: the message of that report")
 
 
 class ResultSerializer(StatusSerializer):

@@ -141,6 +141,8 @@ class TaskView:
     result: bytes | None
     error: str
     output: str = ""  # what the function printed or logged (its tail), once final
+    progress: float | None = None  # what a running function last reported (workers.progress)
+    progress_message: str = ""
 
     @property
     def final(self) -> bool:
@@ -156,8 +158,11 @@ def task_view(*, owner, task_id) -> TaskView:
             raise NotFound(f"No task with id {tid}.")
         status = data["status"].decode()
         result = data.get("result") if status in FINAL_STATUSES else None
+        progress = data.get("progress")
         return TaskView(str(tid), status, result, data.get("error", b"").decode(),
-                        data.get("output", b"").decode(errors="replace"))
+                        data.get("output", b"").decode(errors="replace"),
+                        float(progress) if progress is not None else None,
+                        data.get("progress_message", b"").decode(errors="replace"))
     row = (Task.objects.filter(id=tid, owner=_owner(owner))
            .values_list("status", "result", "error", "output").first())
     if row is None:

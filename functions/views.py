@@ -19,6 +19,8 @@ MAX_WAIT_SECONDS = 60.0  # longest a client may hold a /result long-poll open
 
 def task_body(view: services.TaskView, with_result: bool) -> dict:
     body = {"task_id": view.task_id, "status": view.status}
+    if view.status == "RUNNING" and view.progress is not None:
+        body["progress"], body["progress_message"] = view.progress, view.progress_message
     if with_result:
         body["result"] = serialization.encode(view.result) if view.result is not None else None
         if view.status == "FAILED":

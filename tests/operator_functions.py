@@ -61,3 +61,23 @@ def grow(megabytes: int) -> int:
     """Keep `megabytes` alive in the child after the task (a leak)."""
     globals().setdefault("_leak", []).append(bytearray(megabytes * 1024 * 1024))
     return os.getpid()
+
+
+def staged(path: str) -> str:
+    """Report progress, then wait for `path` to exist (the test's go-ahead)."""
+    from workers.progress import report_progress
+
+    report_progress(0.4, "stage 2 of 5")
+    while not os.path.exists(path):
+        time.sleep(0.02)
+    return "done"
+
+
+def report_many(n: int) -> float:
+    """Report progress n times in a tight loop; returns the seconds it took."""
+    from workers.progress import report_progress
+
+    began = time.perf_counter()
+    for i in range(n):
+        report_progress(i / n, "looping")
+    return time.perf_counter() - began

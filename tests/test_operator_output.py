@@ -100,3 +100,18 @@ def test_local_dispatcher_recycles_on_memory(stack):
     api = platform.api
     first = api.value(api.submit(api.register(of.grow), 200), wait=60)
     assert api.value(api.submit(api.register(of.pid)), wait=60) != first
+
+
+@pytest.mark.parametrize("mode", ["local", "push"])
+def test_progress_reported_inside_a_function_shows_in_status_while_it_runs(stack, mode, tmp_path):
+    platform = start_platform(stack, mode, 1)
+    go = tmp_path / "go"
+    with FaaSClient(platform.api.url) as client:
+        task_id = client.submit(client.register(of.staged), str(go))
+        assert wait_until(lambda: client.progress(task_id), timeout=30) == (0.4, "stage 2 of 5")
+        body = platform.api.http.get(f"{platform.api.url}/status/{task_id}").json()
+        assert body == {"task_id": task_id, "status": "RUNNING", "progress": 0.4, "progress_message": "stage 2 of 5"}
+        go.touch()
+        assert client.result(task_id, timeout=30) == "done"
+        assert client.progress(task_id) is None
+        assert client.status(task_id) == "COMPLETED"

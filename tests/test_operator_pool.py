@@ -9,7 +9,7 @@ import pytest
 
 from tests import operator_functions as of
 from tests.helpers import wait_until
-from tests.test_pool import failure, make_task, run
+from tests.test_pool import failure, make_task, run, wait_for
 from workers.capture import OUTPUT_CAP
 from workers.exceptions import SoftTimeLimitExceeded
 from workers.pool import ProcessPool
@@ -95,3 +95,29 @@ def test_children_recycled_when_their_memory_passes_the_limit():
         big = loads(run_when_free(pool, make_task(of.grow, 300)).result)
         assert big == first  # the task that grew it finished in the same child
         assert loads(run_when_free(pool, make_task(of.pid)).result) != first
+
+
+def test_progress_reports_reach_the_parent_while_the_task_runs(pool, tmp_path):
+    go = tmp_path / "go"
+    task = make_task(of.staged, str(go))
+    pool.submit(task)
+    reports = {}
+
+    def reported():
+        pool.poll(0.1)
+        reports.update(pool.take_progress())
+        return task.task_id in reports
+
+    wait_until(reported, timeout=15)
+    assert reports[task.task_id] == (0.4, "stage 2 of 5")
+    go.touch()
+    assert wait_for(pool, {task.task_id})[task.task_id].status == "COMPLETED"
+    assert pool.take_progress() == {}
+
+
+def test_a_million_progress_reports_cost_little_and_send_a_few(pool):
+    result = run(pool, make_task(of.report_many, 1_000_000), timeout=60)
+    took = loads(result.result)
+    assert took < 5.0, f"a million reports took {took:.1f} s"
+    # at most one report per 0.2 s left the child; the result superseded the last
+    assert pool.take_progress() == {}

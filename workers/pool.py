@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from workers import execution
+from workers import execution, progress
 from workers.capture import OutputCapture
 from workers.exceptions import ProtocolError, SoftTimeLimitExceeded, WorkerFailureException
 from workers.recycling import ChildLimits
@@ -56,6 +56,8 @@ RESTART_BACKOFF_MAX = 5.0  # ceiling on the delay between restarts of children t
 _TASK_HEAD = struct.Struct("!HHIIQd")  # lengths: task id, function id, function, arguments; result cap; soft limit
 _RESULT_HEAD = struct.Struct("!cddII")  # status, started_at, finished_at (NaN for None), error and output lengths
 _READY = b"R"  # child -> parent, once, when it can take a task
+_PROGRESS = b"P"  # child -> parent, any number while a task runs: then a double and the message
+_PROGRESS_HEAD = struct.Struct("!cd")
 _STATUS_BYTES = {TaskStatus.COMPLETED.value: b"C", TaskStatus.FAILED.value: b"F"}
 _BYTES_STATUS = {v: k for k, v in _STATUS_BYTES.items()}
 
@@ -97,6 +99,7 @@ class ProcessPool:
         self._by_fd: dict[int, tuple[Slot, bool]] = {}  # fd -> (slot, is the pipe)
         self._poller = select.poll()
         self._dying: list[BaseProcess] = []  # given up on after SIGKILL; reaped when they go
+        self._progress: dict[str, tuple[float, str]] = {}  # task id -> latest report not yet taken
         self._restart_at = time.monotonic()  # a real time, so next_deadline() is never a falsy 0.0
         self._boot_failures = 0
         self._started = self._closed = False
@@ -163,6 +166,11 @@ class ProcessPool:
     @property
     def busy(self) -> int:
         return len(self._by_task)
+
+    def take_progress(self) -> dict[str, tuple[float, str]]:
+        """Progress reported by running tasks since the last call: task id -> (fraction, message)."""
+        taken, self._progress = self._progress, {}
+        return taken
 
     def holding(self) -> list[str]:
         """Ids of the tasks in flight, including those whose process is being killed."""
@@ -248,7 +256,7 @@ class ProcessPool:
             if not slot.lost:
                 self._receive(slot, results)
         for slot in exits:
-            if not slot.lost and slot.conn.poll(0):
+            while not slot.lost and slot.task_id is not None and slot.conn.poll(0):  # progress, then the result
                 self._receive(slot, results)
             self._retire(slot, results)
         self._enforce_deadlines(time.monotonic(), results)
@@ -267,6 +275,9 @@ class ProcessPool:
         if not slot.ready and frame == _READY:
             slot.ready, slot.deadline, self._boot_failures = True, None, 0
             return
+        if frame[:1] == _PROGRESS and slot.task_id is not None:
+            self._receive_progress(slot, frame)
+            return
         try:
             if slot.task_id is None:
                 raise ProtocolError("message while holding no task")
@@ -276,10 +287,21 @@ class ProcessPool:
             self._kill(slot, "process sent a malformed message")
             return
         results.append(result)
+        self._progress.pop(slot.task_id, None)  # the result supersedes it
         del self._by_task[slot.task_id]
         slot.task_id = slot.deadline = slot.deadline_s = None
         if self._limits is not None:
             self._recycle_if_due(slot)
+
+    def _receive_progress(self, slot: Slot, frame: bytes) -> None:
+        if len(frame) < _PROGRESS_HEAD.size:
+            log.error("pool process %d sent a malformed progress report; killing it", slot.pid)
+            self._kill(slot, "process sent a malformed message")
+            return
+        _, fraction = _PROGRESS_HEAD.unpack_from(frame)
+        if math.isfinite(fraction):
+            self._progress[slot.task_id] = (min(1.0, max(0.0, fraction)),
+                                            frame[_PROGRESS_HEAD.size:].decode("utf-8", "replace")[:200])
 
     def _recycle_if_due(self, slot: Slot) -> None:
         """Between tasks: replace a child that ran its share of tasks or grew too large. It
@@ -442,6 +464,10 @@ def _encode_result(result: Result) -> bytes:
     return b"".join((head, error, output, result.result))
 
 
+def _encode_progress(fraction: float, message: str) -> bytes:
+    return _PROGRESS_HEAD.pack(_PROGRESS, fraction) + message.encode("utf-8", "replace")
+
+
 def _decode_result(frame: bytes, task_id: str) -> Result:
     """Parse a child's result frame; it is untrusted, so check every length."""
     if len(frame) < _RESULT_HEAD.size:
@@ -466,6 +492,7 @@ def _child_main(conn: Connection, parent_pid: int) -> None:
     cache: dict = {}
     capture, soft = OutputCapture(), SoftLimit()
     capture.install_logging()
+    progress.install(lambda fraction, message: conn.send_bytes(_encode_progress(fraction, message)))
     try:
         conn.send_bytes(_READY)
         while True:
@@ -563,6 +590,7 @@ def _run_task(task_id: str, function: bytes, arguments: bytes, max_result_bytes:
               function_id: str | None, capture: OutputCapture, soft: SoftLimit) -> Result:
     """One call in the child, its output captured and its soft limit armed."""
     started = time.time()
+    progress.task_started()
     try:
         with capture, soft:
             result = execution.run_call(task_id, function, arguments, max_result_bytes, cache,

@@ -40,6 +40,7 @@ class Kind(bytes, enum.Enum):
     TASKS = b"TASKS"  # dispatcher -> worker: one or more tasks
     RESULTS = b"RESULTS"  # worker -> dispatcher: one or more results
     CANCEL = b"CANCEL"  # dispatcher -> worker: stop these tasks' processes
+    PROGRESS = b"PROGRESS"  # worker -> dispatcher: how far running tasks have got
     HEARTBEAT = b"HEARTBEAT"  # both ways
     DISCONNECT = b"DISCONNECT"  # both ways: I am going away
 
@@ -105,6 +106,11 @@ class Results:
 
 
 @dataclass(frozen=True)
+class Progress:
+    updates: tuple[tuple[str, float, str], ...]  # (task id, fraction 0..1, message)
+
+
+@dataclass(frozen=True)
 class Cancel:
     task_ids: tuple[str, ...]
 
@@ -119,7 +125,7 @@ class Disconnect:
     reason: str = ""
 
 
-Message = Register | Request | Tasks | Results | Cancel | Heartbeat | Disconnect
+Message = Register | Request | Tasks | Results | Cancel | Heartbeat | Disconnect | Progress
 
 
 def _header(obj) -> bytes:
@@ -146,6 +152,8 @@ def encode(msg: Message) -> list[bytes]:
             return [VERSION, Kind.RESULTS.value, _header(head), *(r.result for r in results)]
         case Cancel(task_ids):
             return [VERSION, Kind.CANCEL.value, _header(list(task_ids))]
+        case Progress(updates):
+            return [VERSION, Kind.PROGRESS.value, _header([list(u) for u in updates])]
         case Heartbeat(busy):
             return [VERSION, Kind.HEARTBEAT.value, _header({"busy": busy})]
         case Disconnect(reason):
@@ -212,6 +220,7 @@ _DECODERS = {
     Kind.TASKS: _decode_tasks,
     Kind.RESULTS: _decode_results,
     Kind.CANCEL: lambda head, blobs: Cancel(tuple(str(t) for t in head)),
+    Kind.PROGRESS: lambda head, blobs: Progress(tuple((str(t), float(f), str(m)) for t, f, m in head)),
     Kind.HEARTBEAT: lambda head, blobs: Heartbeat(int(head.get("busy", 0))),
     Kind.DISCONNECT: lambda head, blobs: Disconnect(str(head.get("reason", ""))),
 }

@@ -295,6 +295,9 @@ class RemoteWorker:
 
     def finish_results(self, now: float) -> None:
         results = tuple(self.pool.collect())
+        reports = self.pool.take_progress()
+        if reports:  # before the results: a report never overtakes its task's end
+            self.send(protocol.Progress(tuple((t, f, m) for t, (f, m) in reports.items())))
         if results:
             # Each finished task frees a process: in pull mode that is a request for one more.
             free = 0 if self.stopping else len(results)

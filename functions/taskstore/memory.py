@@ -150,6 +150,12 @@ class MemoryTaskStore:
         self._publish_done(r.task_id, _b(r.status), r.result, _b(r.error), quiet=bool(r.output))
         return True
 
+    def progress(self, reports: dict[str, tuple[float, str]]) -> None:
+        for task_id, (fraction, message) in reports.items():
+            record = self._record(task_id)
+            if record is not None and record.get("status") == b"RUNNING":
+                record.update(progress=_b(fraction), progress_message=_b(message))
+
     def done_listener(self) -> _Listener:
         listener = _Listener(self)
         self.listeners.append(listener)

@@ -170,6 +170,14 @@ end
 return purged
 """
 
+# A running task's progress: RUNNING only, so a late report never touches a final task nor
+# recreates an expired hash. KEYS[1]=task hash; ARGV = fraction, message.
+PROGRESS = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'RUNNING' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_message', ARGV[2])
+return 1
+"""
+
 SOURCES = {"enqueue": ENQUEUE, "claim": CLAIM, "start": START, "finish": FINISH, "requeue": REQUEUE,
-           "repair": REPAIR, "purge": PURGE}
+           "repair": REPAIR, "purge": PURGE, "progress": PROGRESS}
 SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}

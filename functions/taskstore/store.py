@@ -188,6 +188,16 @@ class TaskStore:
         self._script(pipe, "finish", [task_key(r.task_id), done_channel(r.task_id)],
                      [r.status, r.result, r.error, ttl, only_if, *extra])
 
+    def progress(self, reports: dict[str, tuple[float, str]]) -> None:
+        """Running tasks' progress (fraction, message), in one round trip; ignored for a task
+        that is no longer RUNNING."""
+        if not reports:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id, (fraction, message) in reports.items():
+            self._script(pipe, "progress", [task_key(task_id)], [repr(fraction), message])
+        self._execute(pipe)
+
     def done_listener(self) -> DoneListener:
         return DoneListener(self.redis.pubsub(ignore_subscribe_messages=True))
 
