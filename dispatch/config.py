@@ -44,6 +44,8 @@ class DispatcherConfig:
     flush_interval: float = 0.2  # seconds between batched database writes
     deadline_grace: float = 2.0  # seconds past a deadline before the dispatcher fails a task itself
     idle_poll: float = 0.5  # seconds between queue checks when nothing wakes the dispatcher
+    history_ttl: float | None = None  # seconds before finished task rows are deleted; None keeps them
+    retention_interval: float = 0.0  # seconds between retention sweeps, one dispatcher at a time; 0: none
     soft_timeout: float | None = None  # seconds before SoftTimeLimitExceeded is raised in a task's function
     max_tasks_per_child: int | None = None  # local pool: replace a child after this many tasks
     max_memory_per_child: int | None = None  # local pool: replace a child past this resident KiB

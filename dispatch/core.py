@@ -19,9 +19,10 @@ import zmq
 from dispatch.config import DispatcherConfig
 from dispatch.metrics import DispatcherMetrics
 from dispatch.recovery import RECLAIM_INTERVAL, Recovery
+from dispatch.retention import RetentionSweeper
 from dispatch.state import FunctionCache, InFlight
 from dispatch.writer import DatabaseWriter
-from functions import taskrows
+from functions import retention, taskrows
 from functions.dashboard import DashboardPublisher
 from functions.taskstore import Claim, Claimed, TaskStore
 from workers import protocol, serialization
@@ -57,6 +58,7 @@ class Dispatcher:
         self.publisher = DashboardPublisher()
         self.metrics = DispatcherMetrics(config.consumer, clock)
         self.progress: dict[str, tuple[float, str]] = {}  # reports not yet in the store
+        self.retention: RetentionSweeper | None = None  # made with the store
 
     @property
     def consumer(self) -> str:
@@ -83,6 +85,9 @@ class Dispatcher:
         self.writes = DatabaseWriter(self.config.flush_interval, self.store, self.consumer, self.config.result_ttl,
                                      self.clock)
         self.store.ensure_group()
+        self.retention = RetentionSweeper(
+            self.store, self.consumer, self.config.retention_interval, clock=self.clock,
+            sweep=lambda: retention.sweep(result_ttl=self.config.result_ttl, history_ttl=self.config.history_ttl))
         self.writes.start()
         self.recovery.reconcile()
         self.subscribe()
@@ -156,6 +161,7 @@ class Dispatcher:
         if now >= self.next_reclaim:
             self.next_reclaim = now + RECLAIM_INTERVAL
             self.metrics.flush(self.store)
+            self.retention.maybe_run(now)
             self.refresh_liveness()
             self.recovery.periodic(now)
         self.flush(now)

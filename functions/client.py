@@ -269,6 +269,9 @@ class FaaSClient:
 
     def outcome(self, body: dict):
         """The value of a finished /result body, or raise the task's exception."""
+        if body.get("expired"):
+            raise ClientError(f"the result of task {body['task_id']} ({body['status']}) has expired: the server "
+                              f"keeps results for FAAS_RESULT_TTL; {body.get('error') or ''}".rstrip("; "))
         if body["status"] == "COMPLETED":
             try:
                 return self.shipper.loads(decode(body["result"]))

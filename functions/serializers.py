@@ -90,6 +90,7 @@ class ResultSerializer(StatusSerializer):
     error = serializers.CharField(required=False, help_text="plain-text reason, when FAILED")
     output = serializers.CharField(required=False, allow_blank=True,
                                    help_text="once final: the last 64 KiB the function printed or logged")
+    expired = serializers.BooleanField(required=False, help_text="true when the result was dropped after its TTL")
 
 
 class ExecutedSerializer(TaskIdSerializer):

@@ -27,6 +27,8 @@ def task_body(view: services.TaskView, with_result: bool) -> dict:
             body["error"] = view.error
         if view.status in ("COMPLETED", "FAILED"):
             body["output"] = view.output
+            if view.result is None:  # dropped after FAAS_RESULT_TTL (functions.retention)
+                body["expired"] = True
     return body
 
 

@@ -48,6 +48,7 @@ class MemoryTaskStore:
         self.run_id = "memory-1"
         self.counters: dict[str, float] = {}
         self.lags: dict[str, tuple[float, float]] = {}  # consumer -> (lag, expiry)
+        self.locks: dict[str, tuple[str, float]] = {}  # name -> (holder, expiry)
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -155,6 +156,17 @@ class MemoryTaskStore:
             record = self._record(task_id)
             if record is not None and record.get("status") == b"RUNNING":
                 record.update(progress=_b(fraction), progress_message=_b(message))
+
+    def forget_tasks(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            self.tasks.pop(str(task_id), None)
+            self.expiry.pop(str(task_id), None)
+
+    def try_lock(self, name: str, holder: str, ttl: float) -> bool:
+        if self.locks.get(name, (None, float("-inf")))[1] > self.clock():
+            return False
+        self.locks[name] = (holder, self.clock() + ttl)
+        return True
 
     def done_listener(self) -> _Listener:
         listener = _Listener(self)

@@ -198,6 +198,16 @@ class TaskStore:
             self._script(pipe, "progress", [task_key(task_id)], [repr(fraction), message])
         self._execute(pipe)
 
+    def forget_tasks(self, task_ids: list[str]) -> None:
+        """Drop the records of tasks whose rows were purged (most have expired already)."""
+        if task_ids:
+            self.redis.delete(*(task_key(t) for t in task_ids))
+
+    def try_lock(self, name: str, holder: str, ttl: float) -> bool:
+        """Take a lock for `ttl` seconds unless someone holds it: one dispatcher at a time
+        does a periodic job (the retention sweep)."""
+        return bool(self.redis.set(keys.LOCK_KEY.format(name=name), holder, nx=True, px=int(ttl * 1000)))
+
     def done_listener(self) -> DoneListener:
         return DoneListener(self.redis.pubsub(ignore_subscribe_messages=True))
 

@@ -43,7 +43,8 @@ class Command(BaseCommand):
         if options["workers"] is not None:
             values["workers"] = options["workers"]
         config = DispatcherConfig(redis_url=settings.REDIS_URL, max_result_bytes=settings.FAAS_MAX_RESULT_BYTES,
-                                  result_ttl=settings.FAAS_RESULT_TTL, **values)
+                                  result_ttl=settings.FAAS_RESULT_TTL, history_ttl=settings.FAAS_TASK_HISTORY_TTL,
+                                  retention_interval=settings.FAAS_RETENTION_INTERVAL, **values)
         try:
             config.validate()
         except ConfigError as exc:
