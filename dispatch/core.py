@@ -17,6 +17,7 @@ import redis
 import zmq
 
 from dispatch.config import DispatcherConfig
+from dispatch.delayed import DelayedPromoter
 from dispatch.metrics import DispatcherMetrics
 from dispatch.recovery import RECLAIM_INTERVAL, Recovery
 from dispatch.retention import RetentionSweeper
@@ -59,6 +60,7 @@ class Dispatcher:
         self.metrics = DispatcherMetrics(config.consumer, clock)
         self.progress: dict[str, tuple[float, str]] = {}  # reports not yet in the store
         self.retention: RetentionSweeper | None = None  # made with the store
+        self.delayed: DelayedPromoter | None = None
 
     @property
     def consumer(self) -> str:
@@ -85,6 +87,7 @@ class Dispatcher:
         self.writes = DatabaseWriter(self.config.flush_interval, self.store, self.consumer, self.config.result_ttl,
                                      self.clock)
         self.store.ensure_group()
+        self.delayed = DelayedPromoter(self.store)
         self.retention = RetentionSweeper(
             self.store, self.consumer, self.config.retention_interval, clock=self.clock,
             sweep=lambda: retention.sweep(result_ttl=self.config.result_ttl, history_ttl=self.config.history_ttl))
@@ -144,6 +147,8 @@ class Dispatcher:
 
     def loop(self, now: float) -> None:
         self.read_control()
+        if not self.stopping and self.delayed.tick():
+            self.backlog = True
         if self.stopping and not self.in_flight and not self.unstored:
             self.stopped = True
             return

@@ -204,6 +204,16 @@ class FaaSClient:
         params = {"wait": f"{wait:.3f}"} if wait > 0 else None
         return self._call("GET", f"/result/{task_id}", params=params, timeout=self.timeout + wait)
 
+    def submit_later(self, function_id: str, args: Iterable = (), kwargs: dict | None = None, *,
+                     countdown: float | None = None, eta=None, timeout: float | None = None) -> str:
+        """Queue a call that runs no earlier than `countdown` seconds from now, or than `eta`
+        (a datetime, or ISO 8601 text); it waits on the server, not in a worker."""
+        body = {"function_id": function_id, "payload": self.encode_call(args, kwargs or {})}
+        for name, value in (("countdown", countdown), ("eta", _iso(eta)), ("timeout", timeout)):
+            if value is not None:
+                body[name] = value
+        return self._call("POST", "/execute_function", json=body)["task_id"]
+
     def progress(self, task_id: str) -> tuple[float, str] | None:
         """(fraction, message) the running task last reported with
         `workers.progress.report_progress`; None when it is not running or has reported nothing."""

@@ -56,14 +56,34 @@ class FunctionIdSerializer(serializers.Serializer):
     function_id = serializers.UUIDField()
 
 
-class ExecuteFunctionSerializer(serializers.Serializer):
+class LaterMixin(serializers.Serializer):
+    """`countdown` or `eta`: run no earlier than that (the task waits in the delayed set)."""
+
+    countdown = serializers.FloatField(required=False, min_value=0, max_value=366 * 24 * 3600, allow_null=True,
+                                       help_text="seconds to wait before the task may run")
+    eta = serializers.DateTimeField(required=False, allow_null=True,
+                                    help_text="earliest time the task may run (ISO 8601)")
+
+
+def not_before(data: dict, received_at: float) -> float | None:
+    """The unix time validated `countdown`/`eta` allow the tasks to run from, or None to
+    queue them now; both given is a 400. (A function, not a `validate` hook: the API's lean
+    validation runs field validators only.)"""
+    if data.get("countdown") is not None and data.get("eta") is not None:
+        raise serializers.ValidationError({"eta": "Give countdown or eta, not both."})
+    if data.get("countdown"):
+        return received_at + data["countdown"]
+    return data["eta"].timestamp() if data.get("eta") is not None else None
+
+
+class ExecuteFunctionSerializer(LaterMixin):
     function_id = IdField()
     payload = PayloadField(help_text="base64 of dill.dumps(((args...), {kwargs}))")
     timeout = serializers.FloatField(required=False, min_value=0.001, allow_null=True,
                                      help_text="deadline in seconds (optional)")
 
 
-class ExecuteBatchSerializer(serializers.Serializer):
+class ExecuteBatchSerializer(LaterMixin):
     function_id = IdField()
     payloads = serializers.ListField(child=PayloadField(), min_length=1, max_length=10_000)
     timeout = serializers.FloatField(required=False, min_value=0.001, allow_null=True)

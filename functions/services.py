@@ -92,18 +92,20 @@ _task_rows = GroupInsert()  # submits of this process's threads share transactio
 
 
 def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeout: float | None = None,
-                      retry_of: Task | None = None, received_at: float | None = None) -> list[Task]:
+                      retry_of: Task | None = None, received_at: float | None = None,
+                      not_before: float | None = None) -> list[Task]:
     """Queue many calls of one function: one Redis script call, then the rows' insert
     (grouped with other threads' submits: functions.groupcommit).
 
     Redis goes first so the SQLite write lock is held only for the insert itself, never
     across a network round trip. If the insert fails, the tasks are failed in Redis before
-    the error reaches the client, so nothing unacknowledged ever runs to completion."""
+    the error reaches the client, so nothing unacknowledged ever runs to completion.
+    `not_before` (unix time; countdown, eta) keeps the tasks in the delayed set until then."""
     tasks = [Task(owner=_owner(owner), function=function, payload=p, payload_size=len(p),
                   timeout=timeout, retry_of=retry_of) for p in payloads]
     queued = [queue_entry(t.id, function.id, t.owner_id, p, timeout) for t, p in zip(tasks, payloads)]
     store = task_store()
-    store.enqueue(queued, received_at)
+    store.enqueue(queued, received_at, not_before=not_before)
     try:
         _task_rows.insert(tasks)
     except Exception as exc:
@@ -127,9 +129,9 @@ def _abandon(store: TaskStore, task_ids: list[str]) -> None:
 
 
 def task_submit(*, owner, function: Function, payload: bytes, timeout: float | None = None,
-                received_at: float | None = None) -> Task:
+                received_at: float | None = None, not_before: float | None = None) -> Task:
     return task_submit_batch(owner=owner, function=function, payloads=[payload], timeout=timeout,
-                             received_at=received_at)[0]
+                             received_at=received_at, not_before=not_before)[0]
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,8 @@ class ExecuteFunctionView(LeanViewMixin, APIView):
         data = validated(s.ExecuteFunctionSerializer, request.data)
         function = services.function_get(owner=request.user, function_id=data["function_id"])
         task = services.task_submit(owner=request.user, function=function, payload=data["payload"],
-                                    timeout=data.get("timeout"), received_at=received_at)
+                                    timeout=data.get("timeout"), received_at=received_at,
+                                    not_before=s.not_before(data, received_at))
         queued = {"task_id": str(task.id)}
         if wait:
             try:
@@ -92,7 +93,8 @@ class ExecuteBatchView(LeanViewMixin, APIView):
         function = services.function_get(owner=request.user, function_id=data["function_id"])
         tasks = services.task_submit_batch(owner=request.user, function=function,
                                            payloads=data["payloads"],
-                                           timeout=data.get("timeout"), received_at=received_at)
+                                           timeout=data.get("timeout"), received_at=received_at,
+                                           not_before=s.not_before(data, received_at))
         return Response({"task_ids": [str(t.id) for t in tasks]}, status=status.HTTP_201_CREATED)
 
 

@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
 from functions.taskstore import metrics
-from functions.taskstore.keys import DISPATCHER_TTL, DONE_INLINE_BYTES, THROUGHPUT_WINDOW
+from functions.taskstore.keys import DELAYED_ENTRY, DISPATCHER_TTL, DONE_INLINE_BYTES, THROUGHPUT_WINDOW
 from functions.taskstore.records import Claim, Claimed, QueueDepth, QueuedTask, parse_done
 from workers.protocol import FINAL_STATUSES, Result
 
@@ -49,6 +49,7 @@ class MemoryTaskStore:
         self.counters: dict[str, float] = {}
         self.lags: dict[str, tuple[float, float]] = {}  # consumer -> (lag, expiry)
         self.locks: dict[str, tuple[str, float]] = {}  # name -> (holder, expiry)
+        self.delayed: dict[str, float] = {}  # task id -> unix time it may run
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -102,8 +103,19 @@ class MemoryTaskStore:
     # --- the web side -----------------------------------------------------------------
 
     def enqueue(self, tasks: list[QueuedTask], received_at: float | None = None, *,
-                only_missing: bool = False) -> list[int]:
+                only_missing: bool = False, not_before: float | None = None) -> list[int]:
         now = time.time()
+        if not_before is not None and not_before > now and not only_missing:
+            for q in tasks:
+                self.tasks[q.task_id] = {
+                    "status": b"QUEUED", "owner": _b(q.owner_id), "function_id": _b(q.function_id),
+                    "received_at": _b(received_at or now), "queued_at": _b(now), "attempts": _b(q.attempt - 1),
+                    "entry": DELAYED_ENTRY.encode(), "not_before": _b(not_before), "d_arguments": q.arguments,
+                    "d_timeout": _b("" if q.timeout is None else repr(q.timeout)), "d_attempt": _b(q.attempt)}
+                self.expiry.pop(q.task_id, None)
+                self.delayed[q.task_id] = not_before
+                self.add_metrics({metrics.field(metrics.SUBMITTED, function=q.function_id): 1})
+            return list(range(1, len(tasks) + 1))
         queued = []
         for i, q in enumerate(tasks, start=1):
             if only_missing and self._record(q.task_id) is not None:
@@ -156,6 +168,23 @@ class MemoryTaskStore:
             record = self._record(task_id)
             if record is not None and record.get("status") == b"RUNNING":
                 record.update(progress=_b(fraction), progress_message=_b(message))
+
+    def promote_due(self, now: float, limit: int = 500) -> int:
+        moved = 0
+        for task_id in sorted((t for t, due in self.delayed.items() if due <= now), key=self.delayed.get)[:limit]:
+            del self.delayed[task_id]
+            record = self._record(task_id)
+            if record is None or record.get("status") != b"QUEUED" or record.get("entry") != DELAYED_ENTRY.encode():
+                continue
+            timeout = record.pop("d_timeout", b"")
+            q = QueuedTask(task_id, record["function_id"].decode(), record.get("owner", b"").decode(),
+                           record.pop("d_arguments"), float(timeout) if timeout else None,
+                           int(record.pop("d_attempt", b"1")))
+            record["entry"] = self._add_entry(q)
+            moved += 1
+        if moved:
+            self._publish("wake", str(moved).encode())
+        return moved
 
     def forget_tasks(self, task_ids: list[str]) -> None:
         for task_id in task_ids:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 
 from functions.taskstore import metrics
-from functions.taskstore.keys import DONE_INLINE_BYTES
+from functions.taskstore.keys import DELAYED_ENTRY, DONE_INLINE_BYTES
 
 # The done message: the status, then (when small) the error and result, so a waiting
 # long-poll need not read the hash back. Used by every script that sets a final state.
@@ -170,6 +170,47 @@ end
 return purged
 """
 
+# (none) -> QUEUED, waiting in the delayed set until its time. KEYS[1]=delayed set,
+# KEYS[2..]=task hashes; ARGV = received_at, queued_at, not_before, then per task
+# QueuedTask.fields(). The record holds what its stream entry will (d_* fields) and names
+# no entry yet ('delayed'), so no stream entry can run it before PROMOTE makes one.
+ENQUEUE_DELAYED = """
+local per = 6
+for i = 2, #KEYS do
+  local a = 3 + (i - 2) * per
+  redis.call('HSET', KEYS[i], 'status', 'QUEUED', 'owner', ARGV[a + 3], 'function_id', ARGV[a + 2],
+             'received_at', ARGV[1], 'queued_at', ARGV[2], 'attempts', ARGV[a + 6] - 1, 'entry', 'DELAYED_ENTRY',
+             'not_before', ARGV[3], 'd_arguments', ARGV[a + 4], 'd_timeout', ARGV[a + 5], 'd_attempt', ARGV[a + 6])
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[a + 1])
+  SUBMIT_COUNTER
+end
+return #KEYS - 1
+""".replace("DELAYED_ENTRY", DELAYED_ENTRY).replace(
+    "SUBMIT_COUNTER", metrics.SUBMIT_COUNTER_LUA.format(fid="ARGV[a + 2]"))
+
+# Delayed tasks whose time has come -> the stream. KEYS[1]=delayed set, KEYS[2]=stream;
+# ARGV = now, limit, task key prefix, wake channel. A task that became final meanwhile (a
+# cancel) only leaves the set. Returns how many reached the stream.
+PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local moved = 0
+for _, task_id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], task_id)
+  local key = ARGV[3] .. task_id
+  local r = redis.call('HMGET', key, 'status', 'entry', 'function_id', 'owner', 'd_arguments', 'd_timeout',
+                       'd_attempt')
+  if r[1] == 'QUEUED' and r[2] == 'DELAYED_ENTRY' and r[5] then
+    local id = redis.call('XADD', KEYS[2], '*', 'task_id', task_id, 'function_id', r[3], 'owner', r[4] or '',
+                          'arguments', r[5], 'timeout', r[6] or '', 'attempt', r[7] or '1')
+    redis.call('HSET', key, 'entry', id)
+    redis.call('HDEL', key, 'd_arguments', 'd_timeout', 'd_attempt')
+    moved = moved + 1
+  end
+end
+if moved > 0 then redis.call('PUBLISH', ARGV[4], moved) end
+return moved
+""".replace("DELAYED_ENTRY", DELAYED_ENTRY)
+
 # A running task's progress: RUNNING only, so a late report never touches a final task nor
 # recreates an expired hash. KEYS[1]=task hash; ARGV = fraction, message.
 PROGRESS = """
@@ -179,5 +220,6 @@ return 1
 """
 
 SOURCES = {"enqueue": ENQUEUE, "claim": CLAIM, "start": START, "finish": FINISH, "requeue": REQUEUE,
-           "repair": REPAIR, "purge": PURGE, "progress": PROGRESS}
+           "repair": REPAIR, "purge": PURGE, "progress": PROGRESS, "enqueue_delayed": ENQUEUE_DELAYED,
+           "promote": PROMOTE}
 SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}

@@ -140,13 +140,21 @@ class TaskStore:
     # --- the web side -----------------------------------------------------------------
 
     def enqueue(self, tasks: list[QueuedTask], received_at: float | None = None, *,
-                only_missing: bool = False) -> list[int]:
+                only_missing: bool = False, not_before: float | None = None) -> list[int]:
         """Queue tasks (each one's hash and stream entry, then one wake-up) in one atomic
         script call; returns the 1-based positions queued. `only_missing` skips tasks Redis
-        still has (re-queueing from the database after Redis lost data)."""
+        still has (re-queueing from the database after Redis lost data). With `not_before`
+        (unix time) in the future they wait in the delayed set instead (countdown, eta)."""
         if not tasks:
             return []
         now = time.time()
+        if not_before is not None and not_before > now and not only_missing:
+            args = [repr(received_at or now), repr(now), repr(not_before)]
+            for t in tasks:
+                args += t.fields().values()
+            self._script(self.redis, "enqueue_delayed", [keys.DELAYED_KEY, *(task_key(t.task_id) for t in tasks)],
+                         args)
+            return list(range(1, len(tasks) + 1))
         args = [WAKE_CHANNEL, repr(received_at or now), repr(now), "1" if only_missing else "0"]
         for t in tasks:
             args += t.fields().values()
@@ -197,6 +205,11 @@ class TaskStore:
         for task_id, (fraction, message) in reports.items():
             self._script(pipe, "progress", [task_key(task_id)], [repr(fraction), message])
         self._execute(pipe)
+
+    def promote_due(self, now: float, limit: int = 500) -> int:
+        """Move delayed tasks whose time (unix `now`) has come onto the queue; returns how many."""
+        return int(self._script(self.redis, "promote", [keys.DELAYED_KEY, STREAM],
+                                [repr(now), limit, task_key(""), WAKE_CHANNEL]))
 
     def forget_tasks(self, task_ids: list[str]) -> None:
         """Drop the records of tasks whose rows were purged (most have expired already)."""
