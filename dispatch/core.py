@@ -9,6 +9,7 @@ iteration, so tests drive it step by step with a fake clock and the in-memory st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -20,6 +21,7 @@ from dispatch.config import DispatcherConfig
 from dispatch.delayed import DelayedPromoter
 from dispatch.metrics import DispatcherMetrics
 from dispatch.recovery import RECLAIM_INTERVAL, Recovery
+from dispatch.retrying import RetryPlanner
 from dispatch.retention import RetentionSweeper
 from dispatch.state import FunctionCache, InFlight
 from dispatch.writer import DatabaseWriter
@@ -61,6 +63,7 @@ class Dispatcher:
         self.progress: dict[str, tuple[float, str]] = {}  # reports not yet in the store
         self.retention: RetentionSweeper | None = None  # made with the store
         self.delayed: DelayedPromoter | None = None
+        self.retrying = RetryPlanner(config.retries)
 
     @property
     def consumer(self) -> str:
@@ -269,7 +272,7 @@ class Dispatcher:
                 self.fail([q.task_id], FunctionFailedException(f"function {q.function_id} no longer exists"))
                 continue
             tasks.append(protocol.Task(q.task_id, q.function_id, function, q.arguments, timeout,
-                                       self.config.soft_deadline(timeout)))
+                                       self.config.soft_deadline(timeout), self.retrying.retry_on(q)))
             self.metrics.claimed(c.entry_id, wall)
         if tasks:
             self.hand_out(tasks, wall)
@@ -299,17 +302,22 @@ class Dispatcher:
 
     def accept_results(self, results: list[Result]) -> None:
         """Results from the worker holding each task (the mode checked the sender); the next
-        exchange stores them. A crash the worker marks retryable goes back on the queue
-        while retries remain (--retries), as a lost worker does."""
-        retried = [r.task_id for r in results if r.retry and self._retries_left(r.task_id)]
-        if retried and (requeued := self.requeue(retried, count_attempt=True)):
+        exchange stores them. A failure the worker marks retryable (a crash, or an exception
+        its retry policy names) goes back on the queue while retries remain, as a lost
+        worker does; a final failure carries the earlier attempts' errors."""
+        retried = {r.task_id: r.error for r in results if r.retry and self._retries_left(r.task_id)}
+        if retried and (requeued := self.requeue(list(retried), count_attempt=True, errors=retried)):
             self.metrics.retried(requeued)
-            log.warning("re-queued %d task(s) whose process died under them", requeued)
-        done = set(retried)
+            log.warning("re-queued %d task(s) for another attempt", requeued)
         for r in results:
-            if r.task_id not in done:
-                flight = self.in_flight.pop(r.task_id, None)
-                self.unstored.append((flight, self._last_attempt(r, flight) if r.retry else r))
+            if r.task_id in retried:
+                continue
+            flight = self.in_flight.pop(r.task_id, None)
+            if r.retry and r.error.startswith(WorkerFailureException.__name__):  # a crash, past its retries
+                r = self._last_attempt(r, flight)
+            if flight is not None and r.status == TaskStatus.FAILED.value and flight.queued.retry:
+                r = dataclasses.replace(r, error=self.retrying.final_error(flight.queued, r.error))
+            self.unstored.append((flight, r))
 
     def _last_attempt(self, r: Result, flight: InFlight | None) -> Result:
         """A crash after retries: the failure names the attempt, so the user sees it ran again."""
@@ -334,7 +342,7 @@ class Dispatcher:
 
     def _retries_left(self, task_id: str) -> bool:
         flight = self.in_flight.get(task_id)
-        return flight is not None and flight.queued.attempt <= self.config.retries
+        return flight is not None and self.retrying.left(flight.queued)
 
     def fail(self, task_ids: list[str], exc: Exception) -> None:
         """FAIL held tasks with `exc`, recorded at once in one round trip (failures are rare,
@@ -344,14 +352,16 @@ class Dispatcher:
         for task_id in task_ids:
             flight = self.in_flight.pop(task_id, None)
             if flight is not None:
-                self.unstored.append((flight, Result(task_id, TaskStatus.FAILED.value, result, error, None, now)))
+                self.unstored.append((flight, Result(task_id, TaskStatus.FAILED.value, result,
+                                                     self.retrying.final_error(flight.queued, error), None, now)))
         self.store_pending()
 
     def lose(self, task_ids: list[str], reason: str, retry: bool = True) -> None:
         """Tasks whose worker died, went silent or overran: re-queue while retries remain, else
         FAIL. The message says how many times it ran when it ran more than once."""
         again = [t for t in task_ids if retry and self._retries_left(t)]
-        if again and (requeued := self.requeue(again, count_attempt=True)):
+        if again and (requeued := self.requeue(again, count_attempt=True,
+                                               errors={t: f"WorkerFailureException: {reason}" for t in again})):
             self.metrics.retried(requeued)
             log.warning("re-queued %d task(s): %s", requeued, reason)
         rest = [t for t in task_ids if t not in set(again)]
@@ -359,17 +369,23 @@ class Dispatcher:
             suffix = f" (attempt {attempt} of {self.config.retries + 1})" if attempt > 1 else ""
             self.fail(ids, WorkerFailureException(reason + suffix))
 
-    def requeue(self, task_ids: list[str], count_attempt: bool) -> int:
+    def requeue(self, task_ids: list[str], count_attempt: bool, errors: dict[str, str] | None = None) -> int:
         """Put held tasks back on the queue (as new entries) for any dispatcher to take; a
-        task that reached a final state meanwhile (a cancel) stays as it is. Returns how
-        many went back."""
-        items = []
+        task that reached a final state meanwhile (a cancel) stays as it is. A counted
+        attempt (a retry) records its error and waits its back-off in the delayed set.
+        Returns how many went back."""
+        items, later = [], {}
         for task_id in task_ids:
             flight = self.in_flight.pop(task_id, None)
-            if flight is not None:
-                q = flight.queued
-                items.append((flight.entry_id, q.again(q.attempt + 1) if count_attempt else q))
-        again = self.store.requeue(items)
+            if flight is None:
+                continue
+            q = flight.queued
+            if count_attempt:
+                q, not_before = self.retrying.next_attempt(q, (errors or {}).get(task_id, "lost"))
+                if not_before is not None:
+                    later[task_id] = not_before
+            items.append((flight.entry_id, q))
+        again = self.store.requeue(items, later)
         self.backlog = True
         return sum(again)
 

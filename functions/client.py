@@ -204,12 +204,24 @@ class FaaSClient:
         params = {"wait": f"{wait:.3f}"} if wait > 0 else None
         return self._call("GET", f"/result/{task_id}", params=params, timeout=self.timeout + wait)
 
+    def register_with(self, fn: Callable, name: str | None = None, *, retry: dict | None = None,
+                      by_value: bool = True) -> str:
+        """`register`, with a default retry policy for the function's tasks, e.g.
+        `{"max_retries": 3, "backoff": 1, "backoff_max": 60, "retry_on": ["ConnectionError"]}`."""
+        if not callable(fn):
+            raise TypeError(f"register() needs a callable, not a {type(fn).__name__}")
+        payload = self.shipper.dumps(fn) if by_value else dill.dumps(fn)
+        body = {"name": (name or _name_of(fn))[:200], "payload": encode(payload), "retry": retry}
+        return self._call("POST", "/register_function", json=body)["function_id"]
+
     def submit_later(self, function_id: str, args: Iterable = (), kwargs: dict | None = None, *,
-                     countdown: float | None = None, eta=None, timeout: float | None = None) -> str:
+                     countdown: float | None = None, eta=None, timeout: float | None = None,
+                     retry: dict | None = None) -> str:
         """Queue a call that runs no earlier than `countdown` seconds from now, or than `eta`
-        (a datetime, or ISO 8601 text); it waits on the server, not in a worker."""
+        (a datetime, or ISO 8601 text); it waits on the server, not in a worker. `retry`
+        (a policy, as for `register_with`) overrides the function's for this task."""
         body = {"function_id": function_id, "payload": self.encode_call(args, kwargs or {})}
-        for name, value in (("countdown", countdown), ("eta", _iso(eta)), ("timeout", timeout)):
+        for name, value in (("countdown", countdown), ("eta", _iso(eta)), ("timeout", timeout), ("retry", retry)):
             if value is not None:
                 body[name] = value
         return self._call("POST", "/execute_function", json=body)["task_id"]

@@ -13,6 +13,8 @@ class Function(models.Model):
     name = models.CharField(max_length=200)
     payload = models.BinaryField(help_text="dill bytes of the callable; never unpickled by the web server")
     payload_size = models.PositiveIntegerField(default=0)
+    retry_policy = models.JSONField(null=True, blank=True,
+                                    help_text="default retry policy of its tasks (workers.retrying.RetryPolicy)")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -1,6 +1,7 @@
 """Input and output shapes of the REST API; payload rules live in workers.serialization."""
 
 import uuid
+from dataclasses import asdict
 
 from django.conf import settings
 from drf_spectacular.types import OpenApiTypes
@@ -11,6 +12,7 @@ from functions.errors import PayloadTooLarge
 from workers import serialization
 from workers.exceptions import PayloadError
 from workers.exceptions import PayloadTooLarge as PayloadTooLargeError
+from workers.retrying import PolicyError, RetryPolicy
 
 
 class PayloadField(serializers.CharField):
@@ -47,9 +49,27 @@ class IdField(serializers.Field):
         return str(value)
 
 
+class RetryPolicyField(serializers.JSONField):
+    """{"max_retries", "backoff", "backoff_max", "jitter", "retry_on": [exception names]}."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("allow_null", True)
+        kwargs.setdefault("help_text", "retry policy: max_retries, backoff (s), backoff_max (s), jitter, "
+                                       "retry_on (exception class names, default all)")
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return asdict(RetryPolicy.from_dict(super().to_internal_value(data)))
+        except PolicyError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
 class RegisterFunctionSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     payload = PayloadField()
+    retry = RetryPolicyField()
 
 
 class FunctionIdSerializer(serializers.Serializer):
@@ -78,12 +98,14 @@ def not_before(data: dict, received_at: float) -> float | None:
 
 class ExecuteFunctionSerializer(LaterMixin):
     function_id = IdField()
+    retry = RetryPolicyField(help_text="retry policy of this task, over its function's")
     payload = PayloadField(help_text="base64 of dill.dumps(((args...), {kwargs}))")
     timeout = serializers.FloatField(required=False, min_value=0.001, allow_null=True,
                                      help_text="deadline in seconds (optional)")
 
 
 class ExecuteBatchSerializer(LaterMixin):
+    retry = RetryPolicyField(help_text="retry policy of these tasks, over their function's")
     function_id = IdField()
     payloads = serializers.ListField(child=PayloadField(), min_length=1, max_length=10_000)
     timeout = serializers.FloatField(required=False, min_value=0.001, allow_null=True)

@@ -24,6 +24,7 @@ from functions.taskstore import TaskStore, store_for
 from workers import serialization
 from workers.exceptions import WorkerFailureException
 from workers.protocol import FINAL_STATUSES, Result, TaskStatus
+from workers.retrying import RetryPolicy, retry_record
 
 
 class NotFound(Exception):
@@ -55,17 +56,18 @@ def parse_uuid(value) -> uuid.UUID:
         raise NotFound(f"{value!r} is not a valid id.") from None
 
 
-def function_register(*, owner, name: str, payload: bytes) -> Function:
-    """Store a validated callable payload and cache it in Redis for the dispatchers."""
+def function_register(*, owner, name: str, payload: bytes, retry: dict | None = None) -> Function:
+    """Store a validated callable payload and cache it in Redis for the dispatchers; `retry`
+    is the default retry policy of its tasks."""
     with transaction.atomic():
         function = Function.objects.create(owner=_owner(owner), name=name, payload=payload,
-                                           payload_size=len(payload))
+                                           payload_size=len(payload), retry_policy=retry)
         task_store().put_function(function.id, owner_key(owner), payload)
     return function
 
 
 FUNCTION_CACHE_SECONDS = 30.0  # how long a server process trusts a function's owner without asking the database
-_function_owners: dict[uuid.UUID, tuple[int | None, float]] = {}
+_function_owners: dict[uuid.UUID, tuple[int | None, float, dict | None]] = {}  # owner, expiry, retry policy
 
 
 def function_get(*, owner, function_id) -> Function:
@@ -77,14 +79,14 @@ def function_get(*, owner, function_id) -> Function:
     if cached is not None and cached[1] > time.monotonic():
         if cached[0] != owner_id:
             raise NotFound(f"No function with id {fid}.")
-        return Function(id=fid, owner_id=owner_id)
+        return Function(id=fid, owner_id=owner_id, retry_policy=cached[2])
     try:
-        function = Function.objects.only("id", "owner_id", "name").get(id=fid, owner=_owner(owner))
+        function = Function.objects.only("id", "owner_id", "name", "retry_policy").get(id=fid, owner=_owner(owner))
     except Function.DoesNotExist:
         raise NotFound(f"No function with id {fid}.") from None
     if len(_function_owners) > 10_000:
         _function_owners.clear()
-    _function_owners[fid] = (function.owner_id, time.monotonic() + FUNCTION_CACHE_SECONDS)
+    _function_owners[fid] = (function.owner_id, time.monotonic() + FUNCTION_CACHE_SECONDS, function.retry_policy)
     return function
 
 
@@ -93,17 +95,20 @@ _task_rows = GroupInsert()  # submits of this process's threads share transactio
 
 def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeout: float | None = None,
                       retry_of: Task | None = None, received_at: float | None = None,
-                      not_before: float | None = None) -> list[Task]:
+                      not_before: float | None = None, retry: dict | None = None) -> list[Task]:
     """Queue many calls of one function: one Redis script call, then the rows' insert
     (grouped with other threads' submits: functions.groupcommit).
 
     Redis goes first so the SQLite write lock is held only for the insert itself, never
     across a network round trip. If the insert fails, the tasks are failed in Redis before
     the error reaches the client, so nothing unacknowledged ever runs to completion.
-    `not_before` (unix time; countdown, eta) keeps the tasks in the delayed set until then."""
+    `not_before` (unix time; countdown, eta) keeps the tasks in the delayed set until then;
+    `retry` (a policy) overrides the function's."""
     tasks = [Task(owner=_owner(owner), function=function, payload=p, payload_size=len(p),
                   timeout=timeout, retry_of=retry_of) for p in payloads]
-    queued = [queue_entry(t.id, function.id, t.owner_id, p, timeout) for t, p in zip(tasks, payloads)]
+    policy = retry if retry is not None else function.retry_policy
+    record = retry_record(RetryPolicy.from_dict(policy)) if policy else ""
+    queued = [queue_entry(t.id, function.id, t.owner_id, p, timeout, retry=record) for t, p in zip(tasks, payloads)]
     store = task_store()
     store.enqueue(queued, received_at, not_before=not_before)
     try:
@@ -129,9 +134,9 @@ def _abandon(store: TaskStore, task_ids: list[str]) -> None:
 
 
 def task_submit(*, owner, function: Function, payload: bytes, timeout: float | None = None,
-                received_at: float | None = None, not_before: float | None = None) -> Task:
+                received_at: float | None = None, not_before: float | None = None, retry: dict | None = None) -> Task:
     return task_submit_batch(owner=owner, function=function, payloads=[payload], timeout=timeout,
-                             received_at=received_at, not_before=not_before)[0]
+                             received_at=received_at, not_before=not_before, retry=retry)[0]
 
 
 @dataclass(frozen=True)

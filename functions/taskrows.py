@@ -30,10 +30,10 @@ def to_timestamp(value: dt.datetime | None) -> float | None:
 
 
 def queue_entry(task_id, function_id, owner_id: int | None, payload, timeout: float | None,
-                attempt: int = 1) -> QueuedTask:
+                attempt: int = 1, retry: str = "") -> QueuedTask:
     """What Redis queues for one task row (the owner as the store writes it: "" for anonymous)."""
     return QueuedTask(str(task_id), str(function_id), "" if owner_id is None else str(owner_id),
-                      bytes(payload), timeout, attempt)
+                      bytes(payload), timeout, attempt, retry)
 
 
 # --- reading ---------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class ExecuteFunctionView(LeanViewMixin, APIView):
         function = services.function_get(owner=request.user, function_id=data["function_id"])
         task = services.task_submit(owner=request.user, function=function, payload=data["payload"],
                                     timeout=data.get("timeout"), received_at=received_at,
-                                    not_before=s.not_before(data, received_at))
+                                    not_before=s.not_before(data, received_at), retry=data.get("retry"))
         queued = {"task_id": str(task.id)}
         if wait:
             try:
@@ -94,7 +94,7 @@ class ExecuteBatchView(LeanViewMixin, APIView):
         tasks = services.task_submit_batch(owner=request.user, function=function,
                                            payloads=data["payloads"],
                                            timeout=data.get("timeout"), received_at=received_at,
-                                           not_before=s.not_before(data, received_at))
+                                           not_before=s.not_before(data, received_at), retry=data.get("retry"))
         return Response({"task_ids": [str(t.id) for t in tasks]}, status=status.HTTP_201_CREATED)
 
 

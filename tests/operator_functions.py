@@ -81,3 +81,13 @@ def report_many(n: int) -> float:
     for i in range(n):
         report_progress(i / n, "looping")
     return time.perf_counter() - began
+
+
+def flaky(path: str, failures: int, kind: str = "ConnectionError") -> int:
+    """Raise `kind` the first `failures` calls (counted in the file at `path`), then succeed."""
+    count = int(open(path).read()) if os.path.exists(path) else 0
+    with open(path, "w") as f:
+        f.write(str(count + 1))
+    if count < failures:
+        raise {"ConnectionError": ConnectionError, "ValueError": ValueError}[kind](f"call {count + 1} failed")
+    return count + 1

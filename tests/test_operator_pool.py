@@ -121,3 +121,13 @@ def test_a_million_progress_reports_cost_little_and_send_a_few(pool):
     assert took < 5.0, f"a million reports took {took:.1f} s"
     # at most one report per 0.2 s left the child; the result superseded the last
     assert pool.take_progress() == {}
+
+
+def test_the_worker_marks_failures_its_retry_policy_names_as_retryable(pool, tmp_path):
+    def flaky_task(kind: str, names: tuple[str, ...]) -> Task:
+        return Task(str(uuid.uuid4()), "f", dumps(of.flaky), dumps(((str(tmp_path / kind), 5, kind), {})), None, None,
+                    names)
+
+    assert run(pool, flaky_task("ConnectionError", ("ConnectionError",))).retry is True
+    assert run(pool, flaky_task("ValueError", ("ConnectionError",))).retry is False
+    assert run(pool, flaky_task("ConnectionError", ())).retry is False

@@ -53,8 +53,9 @@ RESTART_BACKOFF_MAX = 5.0  # ceiling on the delay between restarts of children t
 # Parent <-> child frames. struct, not pickle, in the child-to-parent direction: the child
 # runs user code, and the parent (the dispatcher, in local mode) must never unpickle
 # anything that code could have written.
-_TASK_HEAD = struct.Struct("!HHIIQd")  # lengths: task id, function id, function, arguments; result cap; soft limit
-_RESULT_HEAD = struct.Struct("!cddII")  # status, started_at, finished_at (NaN for None), error and output lengths
+_TASK_HEAD = struct.Struct("!HHIIHQd")  # lengths: task id, function id, function, arguments, retry-on names;
+# result cap; soft limit
+_RESULT_HEAD = struct.Struct("!c?ddII")  # status, retry, started_at, finished_at (NaN for None), error, output lengths
 _READY = b"R"  # child -> parent, once, when it can take a task
 _PROGRESS = b"P"  # child -> parent, any number while a task runs: then a double and the message
 _PROGRESS_HEAD = struct.Struct("!cd")
@@ -439,19 +440,21 @@ def _death_fd(process: BaseProcess) -> tuple[int, bool]:
 
 def _encode_task(task: Task, max_result_bytes: int) -> bytes:
     task_id, function_id = task.task_id.encode(), (task.function_id or "").encode()
+    retry_on = "\n".join(task.retry_on).encode()
     soft = math.nan if task.soft_deadline_s is None else task.soft_deadline_s
-    head = _TASK_HEAD.pack(len(task_id), len(function_id), len(task.function), len(task.arguments), max_result_bytes,
-                           soft)
-    return b"".join((head, task_id, function_id, task.function, task.arguments))
+    head = _TASK_HEAD.pack(len(task_id), len(function_id), len(task.function), len(task.arguments), len(retry_on),
+                           max_result_bytes, soft)
+    return b"".join((head, task_id, function_id, task.function, task.arguments, retry_on))
 
 
-def _decode_task(frame: bytes) -> tuple[str, str, bytes, bytes, int, float]:
+def _decode_task(frame: bytes) -> tuple[str, str, bytes, bytes, tuple[str, ...], int, float]:
     lengths = _TASK_HEAD.unpack_from(frame)
     fields, at = [], _TASK_HEAD.size
-    for n in lengths[:4]:
+    for n in lengths[:5]:
         fields.append(frame[at:at + n])
         at += n
-    return fields[0].decode(), fields[1].decode(), fields[2], fields[3], lengths[4], lengths[5]
+    retry_on = tuple(fields[4].decode().split("\n")) if fields[4] else ()
+    return fields[0].decode(), fields[1].decode(), fields[2], fields[3], retry_on, lengths[5], lengths[6]
 
 
 def _encode_result(result: Result) -> bytes:
@@ -460,7 +463,7 @@ def _encode_result(result: Result) -> bytes:
     output = result.output.encode("utf-8", "replace")
     started = math.nan if result.started_at is None else result.started_at
     finished = math.nan if result.finished_at is None else result.finished_at
-    head = _RESULT_HEAD.pack(_STATUS_BYTES[result.status], started, finished, len(error), len(output))
+    head = _RESULT_HEAD.pack(_STATUS_BYTES[result.status], result.retry, started, finished, len(error), len(output))
     return b"".join((head, error, output, result.result))
 
 
@@ -472,7 +475,7 @@ def _decode_result(frame: bytes, task_id: str) -> Result:
     """Parse a child's result frame; it is untrusted, so check every length."""
     if len(frame) < _RESULT_HEAD.size:
         raise ProtocolError(f"result frame of {len(frame)} bytes")
-    status, started, finished, error_len, output_len = _RESULT_HEAD.unpack_from(frame)
+    status, retry, started, finished, error_len, output_len = _RESULT_HEAD.unpack_from(frame)
     at = _RESULT_HEAD.size
     if status not in _BYTES_STATUS or error_len + output_len > len(frame) - at:
         raise ProtocolError("bad result header")
@@ -480,7 +483,7 @@ def _decode_result(frame: bytes, task_id: str) -> Result:
     output = frame[at + error_len:at + error_len + output_len].decode("utf-8", "replace")
     return Result(task_id, _BYTES_STATUS[status], frame[at + error_len + output_len:], error,
                   None if math.isnan(started) else started, None if math.isnan(finished) else finished,
-                  output=output)
+                  retry=retry, output=output)
 
 
 def _child_main(conn: Connection, parent_pid: int) -> None:
@@ -496,9 +499,10 @@ def _child_main(conn: Connection, parent_pid: int) -> None:
     try:
         conn.send_bytes(_READY)
         while True:
-            task_id, function_id, function, arguments, max_result_bytes, soft_s = _decode_task(conn.recv_bytes())
+            task_id, function_id, function, arguments, retry_on, max_result_bytes, soft_s = _decode_task(
+                conn.recv_bytes())
             result = _run_task(task_id, function, arguments, max_result_bytes, cache, function_id or None,
-                               capture, soft.armed(soft_s))
+                               capture, soft.armed(soft_s), retry_on)
             conn.send_bytes(_encode_result(result))
     except (EOFError, OSError):
         return  # the parent closed the pipe or went away: nothing left to serve
@@ -587,14 +591,15 @@ def _exists(pid: int) -> bool:
         return True
 
 def _run_task(task_id: str, function: bytes, arguments: bytes, max_result_bytes: int, cache: dict,
-              function_id: str | None, capture: OutputCapture, soft: SoftLimit) -> Result:
+              function_id: str | None, capture: OutputCapture, soft: SoftLimit,
+              retry_on: tuple[str, ...] = ()) -> Result:
     """One call in the child, its output captured and its soft limit armed."""
     started = time.time()
     progress.task_started()
     try:
         with capture, soft:
             result = execution.run_call(task_id, function, arguments, max_result_bytes, cache,
-                                        function_id=function_id)
+                                        function_id=function_id, retry_on=retry_on)
     except SoftTimeLimitExceeded as exc:  # the limit fired just as the function returned
         result = Result(task_id, TaskStatus.FAILED.value, dumps(exc), f"SoftTimeLimitExceeded: {exc}", started,
                         time.time())

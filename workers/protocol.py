@@ -67,6 +67,7 @@ class Task:
     arguments: bytes  # dill bytes of ((args...), {kwargs})
     deadline_s: float | None = None
     soft_deadline_s: float | None = None  # seconds before SoftTimeLimitExceeded is raised in the function
+    retry_on: tuple[str, ...] = ()  # exception class names that make a failure retryable (its retry policy)
 
 
 @dataclass(frozen=True)
@@ -140,8 +141,7 @@ def encode(msg: Message) -> list[bytes]:
         case Request(free, info):
             return [VERSION, Kind.REQUEST.value, _header({"free": free, **_info_fields(info)})]
         case Tasks(tasks):
-            head = [[t.task_id, t.function_id, t.deadline_s, *([t.soft_deadline_s] if t.soft_deadline_s else [])]
-                    for t in tasks]
+            head = [[t.task_id, t.function_id, t.deadline_s, *_task_options(t)] for t in tasks]
             blobs = [b for t in tasks for b in (t.function, t.arguments)]
             return [VERSION, Kind.TASKS.value, _header(head), *blobs]
         case Results(results, free):
@@ -159,6 +159,13 @@ def encode(msg: Message) -> list[bytes]:
         case Disconnect(reason):
             return [VERSION, Kind.DISCONNECT.value, _header({"reason": reason})]
     raise ProtocolError(f"cannot encode {type(msg).__name__}")
+
+
+def _task_options(t: Task) -> list:
+    """The optional tail of a task's header row: only as long as it needs to be."""
+    if t.retry_on:
+        return [t.soft_deadline_s, list(t.retry_on)]
+    return [t.soft_deadline_s] if t.soft_deadline_s else []
 
 
 def _info_fields(info: WorkerInfo) -> dict:
@@ -192,7 +199,8 @@ def _decode_tasks(head, blobs) -> Tasks:
         raise ProtocolError(f"TASKS header names {len(head)} tasks but {len(blobs)} blobs follow")
     return Tasks(tuple(
         Task(str(tid), str(fid), blobs[2 * i], blobs[2 * i + 1], None if dl is None else float(dl),
-             float(rest[0]) if rest and rest[0] is not None else None)
+             float(rest[0]) if rest and rest[0] is not None else None,
+             tuple(str(n) for n in rest[1]) if len(rest) > 1 and rest[1] else ())
         for i, (tid, fid, dl, *rest) in enumerate(head)
     ))
 

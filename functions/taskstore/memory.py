@@ -110,8 +110,7 @@ class MemoryTaskStore:
                 self.tasks[q.task_id] = {
                     "status": b"QUEUED", "owner": _b(q.owner_id), "function_id": _b(q.function_id),
                     "received_at": _b(received_at or now), "queued_at": _b(now), "attempts": _b(q.attempt - 1),
-                    "entry": DELAYED_ENTRY.encode(), "not_before": _b(not_before), "d_arguments": q.arguments,
-                    "d_timeout": _b("" if q.timeout is None else repr(q.timeout)), "d_attempt": _b(q.attempt)}
+                    **self._delayed_fields(q, not_before)}
                 self.expiry.pop(q.task_id, None)
                 self.delayed[q.task_id] = not_before
                 self.add_metrics({metrics.field(metrics.SUBMITTED, function=q.function_id): 1})
@@ -169,6 +168,12 @@ class MemoryTaskStore:
             if record is not None and record.get("status") == b"RUNNING":
                 record.update(progress=_b(fraction), progress_message=_b(message))
 
+    @staticmethod
+    def _delayed_fields(q: QueuedTask, not_before: float) -> dict[str, bytes]:
+        return {"entry": DELAYED_ENTRY.encode(), "not_before": _b(not_before), "d_arguments": q.arguments,
+                "d_timeout": _b("" if q.timeout is None else repr(q.timeout)), "d_attempt": _b(q.attempt),
+                "d_retry": _b(q.retry)}
+
     def promote_due(self, now: float, limit: int = 500) -> int:
         moved = 0
         for task_id in sorted((t for t, due in self.delayed.items() if due <= now), key=self.delayed.get)[:limit]:
@@ -179,7 +184,7 @@ class MemoryTaskStore:
             timeout = record.pop("d_timeout", b"")
             q = QueuedTask(task_id, record["function_id"].decode(), record.get("owner", b"").decode(),
                            record.pop("d_arguments"), float(timeout) if timeout else None,
-                           int(record.pop("d_attempt", b"1")))
+                           int(record.pop("d_attempt", b"1")), record.pop("d_retry", b"").decode())
             record["entry"] = self._add_entry(q)
             moved += 1
         if moved:
@@ -262,7 +267,8 @@ class MemoryTaskStore:
             out.append(Claimed(entry_id, q, code))
         return out
 
-    def requeue(self, items: list[tuple[bytes | None, QueuedTask]]) -> list[bool]:
+    def requeue(self, items: list[tuple[bytes | None, QueuedTask]],
+                not_before: dict[str, float] | None = None) -> list[bool]:
         out = []
         for entry_id, q in items:
             if entry_id:
@@ -270,6 +276,14 @@ class MemoryTaskStore:
             record = self._record(q.task_id)
             if record and record.get("status") in FINAL:
                 out.append(False)
+                continue
+            if (not_before or {}).get(q.task_id):
+                record = self.tasks.setdefault(q.task_id, {})
+                record.update(self._delayed_fields(q, not_before[q.task_id]), status=b"QUEUED",
+                              owner=_b(q.owner_id), function_id=_b(q.function_id), attempts=_b(q.attempt - 1))
+                record.pop("dispatcher", None)
+                self.delayed[q.task_id] = not_before[q.task_id]
+                out.append(True)
                 continue
             new_id = self._add_entry(q)
             record = self.tasks.setdefault(q.task_id, {})

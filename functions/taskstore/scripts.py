@@ -36,13 +36,13 @@ end
 # queued_at, only_missing ('1': skip tasks Redis still has), then per task QueuedTask.fields().
 # The hash remembers its stream entry: only that entry may ever run the task.
 ENQUEUE = """
-local per, queued = 6, {}
+local per, queued = 7, {}
 for i = 2, #KEYS do
   local a = 4 + (i - 2) * per
   if ARGV[4] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
     local id = redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[a + 1], 'function_id', ARGV[a + 2],
                           'owner', ARGV[a + 3], 'arguments', ARGV[a + 4], 'timeout', ARGV[a + 5],
-                          'attempt', ARGV[a + 6])
+                          'attempt', ARGV[a + 6], 'retry', ARGV[a + 7])
     redis.call('HSET', KEYS[i], 'status', 'QUEUED', 'owner', ARGV[a + 3], 'function_id', ARGV[a + 2],
                'received_at', ARGV[2], 'queued_at', ARGV[3], 'attempts', ARGV[a + 6] - 1, 'entry', id)
     queued[#queued + 1] = i - 1
@@ -124,13 +124,32 @@ end
 local s = redis.call('HGET', KEYS[2], 'status')
 if s == 'COMPLETED' or s == 'FAILED' then return 0 end
 local id = redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[4], 'function_id', ARGV[5], 'owner', ARGV[6],
-                      'arguments', ARGV[7], 'timeout', ARGV[8], 'attempt', ARGV[9])
+                      'arguments', ARGV[7], 'timeout', ARGV[8], 'attempt', ARGV[9], 'retry', ARGV[10])
 redis.call('HSET', KEYS[2], 'status', 'QUEUED', 'owner', ARGV[6], 'function_id', ARGV[5],
            'attempts', ARGV[9] - 1, 'entry', id)
 redis.call('HDEL', KEYS[2], 'dispatcher')
 redis.call('PUBLISH', ARGV[3], 1)
 return 1
 """
+
+# RUNNING | QUEUED -> QUEUED in the delayed set (a retry waiting its back-off), only while
+# not final. KEYS[1]=stream, KEYS[2]=task hash, KEYS[3]=delayed set; ARGV = group, old entry
+# id ("" for none), not_before, then the task's QueuedTask.fields(). As ENQUEUE_DELAYED,
+# the record holds the future entry's fields until PROMOTE makes it.
+REQUEUE_LATER = """
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+end
+local s = redis.call('HGET', KEYS[2], 'status')
+if s == 'COMPLETED' or s == 'FAILED' then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'QUEUED', 'owner', ARGV[6], 'function_id', ARGV[5],
+           'attempts', ARGV[9] - 1, 'entry', 'DELAYED_ENTRY', 'not_before', ARGV[3], 'd_arguments', ARGV[7],
+           'd_timeout', ARGV[8], 'd_attempt', ARGV[9], 'd_retry', ARGV[10])
+redis.call('HDEL', KEYS[2], 'dispatcher')
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+""".replace("DELAYED_ENTRY", DELAYED_ENTRY)
 
 # The database's final state, written over whatever Redis holds (it lost or rolled back
 # data): the database is the authority. KEYS[1]=task hash, KEYS[2]=done channel; ARGV =
@@ -175,12 +194,13 @@ return purged
 # QueuedTask.fields(). The record holds what its stream entry will (d_* fields) and names
 # no entry yet ('delayed'), so no stream entry can run it before PROMOTE makes one.
 ENQUEUE_DELAYED = """
-local per = 6
+local per = 7
 for i = 2, #KEYS do
   local a = 3 + (i - 2) * per
   redis.call('HSET', KEYS[i], 'status', 'QUEUED', 'owner', ARGV[a + 3], 'function_id', ARGV[a + 2],
              'received_at', ARGV[1], 'queued_at', ARGV[2], 'attempts', ARGV[a + 6] - 1, 'entry', 'DELAYED_ENTRY',
-             'not_before', ARGV[3], 'd_arguments', ARGV[a + 4], 'd_timeout', ARGV[a + 5], 'd_attempt', ARGV[a + 6])
+             'not_before', ARGV[3], 'd_arguments', ARGV[a + 4], 'd_timeout', ARGV[a + 5], 'd_attempt', ARGV[a + 6],
+             'd_retry', ARGV[a + 7])
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[a + 1])
   SUBMIT_COUNTER
 end
@@ -198,12 +218,12 @@ for _, task_id in ipairs(due) do
   redis.call('ZREM', KEYS[1], task_id)
   local key = ARGV[3] .. task_id
   local r = redis.call('HMGET', key, 'status', 'entry', 'function_id', 'owner', 'd_arguments', 'd_timeout',
-                       'd_attempt')
+                       'd_attempt', 'd_retry')
   if r[1] == 'QUEUED' and r[2] == 'DELAYED_ENTRY' and r[5] then
     local id = redis.call('XADD', KEYS[2], '*', 'task_id', task_id, 'function_id', r[3], 'owner', r[4] or '',
-                          'arguments', r[5], 'timeout', r[6] or '', 'attempt', r[7] or '1')
+                          'arguments', r[5], 'timeout', r[6] or '', 'attempt', r[7] or '1', 'retry', r[8] or '')
     redis.call('HSET', key, 'entry', id)
-    redis.call('HDEL', key, 'd_arguments', 'd_timeout', 'd_attempt')
+    redis.call('HDEL', key, 'd_arguments', 'd_timeout', 'd_attempt', 'd_retry')
     moved = moved + 1
   end
 end
@@ -221,5 +241,5 @@ return 1
 
 SOURCES = {"enqueue": ENQUEUE, "claim": CLAIM, "start": START, "finish": FINISH, "requeue": REQUEUE,
            "repair": REPAIR, "purge": PURGE, "progress": PROGRESS, "enqueue_delayed": ENQUEUE_DELAYED,
-           "promote": PROMOTE}
+           "promote": PROMOTE, "requeue_later": REQUEUE_LATER}
 SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}

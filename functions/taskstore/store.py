@@ -267,13 +267,19 @@ class TaskStore:
         codes = iter(self._execute(pipe))
         return [Claimed(entry_id, q, Claim(next(codes)) if q is not None else Claim.FORGED) for entry_id, q in parsed]
 
-    def requeue(self, items: list[tuple[bytes | None, QueuedTask]]) -> list[bool]:
+    def requeue(self, items: list[tuple[bytes | None, QueuedTask]],
+                not_before: dict[str, float] | None = None) -> list[bool]:
         """Put tasks back on the queue as new entries, unless final (a task cancelled while
-        it ran stays cancelled); the old entries are forgotten either way."""
+        it ran stays cancelled); the old entries are forgotten either way. A task named in
+        `not_before` (unix time) waits in the delayed set until then (a retry's back-off)."""
         if not items:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for entry_id, q in items:
+            if (not_before or {}).get(q.task_id):
+                self._script(pipe, "requeue_later", [STREAM, task_key(q.task_id), keys.DELAYED_KEY],
+                             [GROUP, entry_id or "", repr(not_before[q.task_id]), *q.fields().values()])
+                continue
             self._script(pipe, "requeue", [STREAM, task_key(q.task_id)],
                          [GROUP, entry_id or "", WAKE_CHANNEL, *q.fields().values()])
         return [bool(x) for x in self._execute(pipe)]
