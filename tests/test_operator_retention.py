@@ -20,7 +20,7 @@ from functions.taskstore.memory import MemoryTaskStore
 from tests import operator_functions as of
 from tests.helpers import wait_until
 from tests.platform import start_platform
-from tests.test_operator_listing import alice, bob, register, submit  # noqa: F401  (fixtures)
+from tests.test_operator_listing import alice, register, submit  # noqa: F401  (alice is a fixture)
 
 pytestmark = pytest.mark.django_db
 
