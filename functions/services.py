@@ -247,14 +247,14 @@ LINGER_GAP = 0.01  # seconds: once enough tasks are final, a wait for many answe
 LINGER_MAX = 0.2  # seconds: ... and at most this long after enough were final, while completions keep coming
 
 
-VIEW_FIELDS = ("status", "owner", "result", "error")
+VIEW_FIELDS = ("status", "owner", "result", "error", "output")
 
 
 def tasks_view(*, owner, task_ids: list[uuid.UUID]) -> dict[str, TaskView]:
     """The caller's tasks, by id, from Redis in one round trip (the database for those Redis
     forgot); NotFound naming the first id that is not the caller's."""
     who, views, missing = owner_key(owner), {}, []
-    for tid, (status, task_owner, result, error) in zip(
+    for tid, (status, task_owner, result, error, output) in zip(
             task_ids, task_store().fields([str(t) for t in task_ids], VIEW_FIELDS)):
         if status is None:
             missing.append(tid)
@@ -263,12 +263,13 @@ def tasks_view(*, owner, task_ids: list[uuid.UUID]) -> dict[str, TaskView]:
             raise NotFound(f"No task with id {tid}.")
         status = status.decode()
         views[str(tid)] = TaskView(str(tid), status, result if status in FINAL_STATUSES else None,
-                                   (error or b"").decode())
+                                   (error or b"").decode(), (output or b"").decode(errors="replace"))
     if missing:
-        rows = Task.objects.filter(id__in=missing, owner=_owner(owner)).values_list("id", "status", "result", "error")
-        for tid, status, result, error in rows:
+        rows = Task.objects.filter(id__in=missing, owner=_owner(owner)).values_list(
+            "id", "status", "result", "error", "output")
+        for tid, status, result, error, output in rows:
             final = result is not None and status in FINAL_STATUSES
-            views[str(tid)] = TaskView(str(tid), status, bytes(result) if final else None, error or "")
+            views[str(tid)] = TaskView(str(tid), status, bytes(result) if final else None, error or "", output or "")
         for tid in missing:
             if str(tid) not in views:
                 raise NotFound(f"No task with id {tid}.")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-
 import dataclasses
 import logging
 import math
