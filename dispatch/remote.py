@@ -95,6 +95,8 @@ class RemoteDispatcher(Dispatcher):
                 self.table.get(identity).credit += free
             case protocol.Results(results, free):
                 self.on_results(identity, results, free, known)
+            case protocol.Progress(updates):  # only from the worker holding each task
+                self.report_progress([u for u in updates if self.table.holds(identity, u[0])])
             case protocol.Heartbeat():
                 if not known:
                     self.ask_to_register(identity, now)

@@ -30,10 +30,10 @@ def to_timestamp(value: dt.datetime | None) -> float | None:
 
 
 def queue_entry(task_id, function_id, owner_id: int | None, payload, timeout: float | None,
-                attempt: int = 1) -> QueuedTask:
+                attempt: int = 1, retry: str = "") -> QueuedTask:
     """What Redis queues for one task row (the owner as the store writes it: "" for anonymous)."""
     return QueuedTask(str(task_id), str(function_id), "" if owner_id is None else str(owner_id),
-                      bytes(payload), timeout, attempt)
+                      bytes(payload), timeout, attempt, retry)
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -61,11 +61,11 @@ def final_states(task_ids: list[str]) -> list[tuple[Result, dict]]:
     """The final rows among `task_ids`, as results with the record fields a lost Redis hash
     needs (owner, function): what Redis is repaired from."""
     rows = Task.objects.filter(id__in=task_ids, status__in=FINAL_STATUSES).values_list(
-        "id", "status", "result", "error", "started_at", "finished_at", "owner_id", "function_id")
+        "id", "status", "result", "error", "started_at", "finished_at", "owner_id", "function_id", "output")
     return [(Result(str(tid), status, bytes(result or b""), error or "", to_timestamp(started),
-                    to_timestamp(finished)),
+                    to_timestamp(finished), output=output or ""),
              {"owner": "" if owner is None else str(owner), "function_id": str(fid)})
-            for tid, status, result, error, started, finished, owner, fid in rows]
+            for tid, status, result, error, started, finished, owner, fid, output in rows]
 
 
 def running_under(excluded: set[str], dispatched_before: dt.datetime, limit: int = 500) -> list[tuple[str, str]]:
@@ -120,7 +120,8 @@ class FinishReport:
     overruled: list[Settled]  # the row already held another final state: Redis must follow the row
 
 
-_OUTCOME_FIELDS = ["status", "result", "result_size", "error", "started_at", "finished_at", "worker", "attempts"]
+_OUTCOME_FIELDS = ["status", "result", "result_size", "error", "started_at", "finished_at", "worker", "attempts",
+                   "output"]
 
 
 def finish(settled: list[Settled]) -> FinishReport:
@@ -143,7 +144,7 @@ def finish(settled: list[Settled]) -> FinishReport:
         finished = from_timestamp(r.finished_at) or now
         written_at[r.task_id] = finished
         values = [r.status, r.result, len(r.result), r.error, from_timestamp(r.started_at), finished, s.worker_id,
-                  s.attempt]
+                  s.attempt, r.output]
         rows.append([f.get_db_prep_save(v, connection) for f, v in zip(fields, values)]
                     + [meta.pk.get_db_prep_save(uuid.UUID(r.task_id), connection), *UNFINISHED])
     with transaction.atomic():

@@ -2,7 +2,7 @@
 
 from django.urls import re_path
 
-from functions import views
+from functions import health, metrics, views
 
 
 def both(path: str, view, name: str):
@@ -18,4 +18,10 @@ urlpatterns = [
     both(r"result/(?P<task_id>[^/]+)", views.ResultView, "task-result"),
     both("results", views.ResultsView, "task-results"),
     both(r"cancel/(?P<task_id>[^/]+)", views.CancelView, "task-cancel"),
+    both("tasks", views.TaskListView, "task-list"),
+    both("functions", views.FunctionListView, "function-list"),
+    both(r"functions/(?P<function_id>[^/]+)", views.FunctionDetailView, "function-detail"),
+    re_path(r"^healthz/?$", health.healthz, name="healthz"),
+    re_path(r"^readyz/?$", health.readyz, name="readyz"),
+    re_path(r"^metrics/?$", metrics.metrics, name="metrics"),
 ]

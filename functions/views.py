@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from functions import serializers as s
-from functions import services
+from functions import listing, services
 from functions.lean import LeanViewMixin, validated
 from workers import serialization
 
@@ -19,10 +19,16 @@ MAX_WAIT_SECONDS = 60.0  # longest a client may hold a /result long-poll open
 
 def task_body(view: services.TaskView, with_result: bool) -> dict:
     body = {"task_id": view.task_id, "status": view.status}
+    if view.status == "RUNNING" and view.progress is not None:
+        body["progress"], body["progress_message"] = view.progress, view.progress_message
     if with_result:
         body["result"] = serialization.encode(view.result) if view.result is not None else None
         if view.status == "FAILED":
             body["error"] = view.error
+        if view.status in ("COMPLETED", "FAILED"):
+            body["output"] = view.output
+            if view.result is None:  # dropped after FAAS_RESULT_TTL (functions.retention)
+                body["expired"] = True
     return body
 
 
@@ -66,7 +72,8 @@ class ExecuteFunctionView(LeanViewMixin, APIView):
         data = validated(s.ExecuteFunctionSerializer, request.data)
         function = services.function_get(owner=request.user, function_id=data["function_id"])
         task = services.task_submit(owner=request.user, function=function, payload=data["payload"],
-                                    timeout=data.get("timeout"), received_at=received_at)
+                                    timeout=data.get("timeout"), received_at=received_at,
+                                    not_before=s.not_before(data, received_at), retry=data.get("retry"))
         queued = {"task_id": str(task.id)}
         if wait:
             try:
@@ -86,7 +93,8 @@ class ExecuteBatchView(LeanViewMixin, APIView):
         function = services.function_get(owner=request.user, function_id=data["function_id"])
         tasks = services.task_submit_batch(owner=request.user, function=function,
                                            payloads=data["payloads"],
-                                           timeout=data.get("timeout"), received_at=received_at)
+                                           timeout=data.get("timeout"), received_at=received_at,
+                                           not_before=s.not_before(data, received_at), retry=data.get("retry"))
         return Response({"task_ids": [str(t.id) for t in tasks]}, status=status.HTTP_201_CREATED)
 
 
@@ -143,3 +151,59 @@ class ResultsView(LeanViewMixin, APIView):
             else:
                 pending[view.task_id] = view.status
         return Response({"results": results, "pending": pending})
+
+# --- listing: a user's own tasks and functions (functions.listing) -------------------------
+
+def _query(serializer_class, request) -> dict:
+    query = serializer_class(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return query.validated_data
+
+
+class TaskListView(APIView):
+    """The caller's tasks, newest first; filter by status, function and creation time, and
+    follow `next` (a cursor) for the following page."""
+
+    @extend_schema(operation_id="tasks_list", parameters=[s.TaskListQuerySerializer],
+                   responses={200: s.TaskPageSerializer})
+    def get(self, request):
+        q = _query(s.TaskListQuerySerializer, request)
+        try:
+            page = listing.tasks_list(owner=request.user, status=q.get("status"), function_id=q.get("function"),
+                                      since=q.get("since"), until=q.get("until"), cursor=q.get("cursor"),
+                                      limit=q["limit"])
+        except listing.BadQuery as exc:
+            raise ValidationError({"cursor": str(exc)}) from None
+        return Response({"results": s.TaskRowSerializer(page.rows, many=True).data, "next": page.next_cursor})
+
+
+class FunctionListView(APIView):
+    """The caller's functions, newest first, without their payloads."""
+
+    @extend_schema(operation_id="functions_list", parameters=[s.FunctionListQuerySerializer],
+                   responses={200: s.FunctionPageSerializer})
+    def get(self, request):
+        q = _query(s.FunctionListQuerySerializer, request)
+        try:
+            page = listing.functions_list(owner=request.user, cursor=q.get("cursor"), limit=q["limit"])
+        except listing.BadQuery as exc:
+            raise ValidationError({"cursor": str(exc)}) from None
+        return Response({"results": s.FunctionRowSerializer(page.rows, many=True).data, "next": page.next_cursor})
+
+
+class FunctionDetailView(APIView):
+    """One function: name, size, when registered, and its tasks counted by status.
+    DELETE removes it and the record of its finished tasks; 409 while any is unfinished."""
+
+    @extend_schema(operation_id="functions_retrieve", responses={200: s.FunctionDetailSerializer})
+    def get(self, request, function_id):
+        return Response(s.FunctionDetailSerializer(listing.function_detail(owner=request.user,
+                                                                           function_id=function_id)).data)
+
+    @extend_schema(operation_id="functions_destroy", responses={200: s.FunctionDeletedSerializer})
+    def delete(self, request, function_id):
+        try:
+            removed = listing.function_delete(owner=request.user, function_id=function_id)
+        except listing.FunctionInUse as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response({"function_id": str(function_id), "deleted_tasks": removed})

@@ -43,6 +43,7 @@ class Kind(bytes, enum.Enum):
     TASKS = b"TASKS"  # dispatcher -> worker: one or more tasks
     RESULTS = b"RESULTS"  # worker -> dispatcher: one or more results
     CANCEL = b"CANCEL"  # dispatcher -> worker: stop these tasks' processes
+    PROGRESS = b"PROGRESS"  # worker -> dispatcher: how far running tasks have got
     HEARTBEAT = b"HEARTBEAT"  # both ways
     DISCONNECT = b"DISCONNECT"  # both ways: I am going away
 
@@ -68,6 +69,8 @@ class Task:
     function: bytes  # dill bytes, opaque to the dispatcher
     arguments: bytes  # dill bytes of ((args...), {kwargs})
     deadline_s: float | None = None
+    soft_deadline_s: float | None = None  # seconds before SoftTimeLimitExceeded is raised in the function
+    retry_on: tuple[str, ...] = ()  # exception class names that make a failure retryable (its retry policy)
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,7 @@ class Result:
     started_at: float | None = None  # wall clock, seconds
     finished_at: float | None = None
     retry: bool = False  # the worker says this failure may be retried (its process died under it)
+    output: str = ""  # what the function printed or logged: the tail, capped in the pool child
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,11 @@ class Results:
 
 
 @dataclass(frozen=True)
+class Progress:
+    updates: tuple[tuple[str, float, str], ...]  # (task id, fraction 0..1, message)
+
+
+@dataclass(frozen=True)
 class Cancel:
     task_ids: tuple[str, ...]
 
@@ -120,7 +129,7 @@ class Disconnect:
     reason: str = ""
 
 
-Message = Register | Request | Tasks | Results | Cancel | Heartbeat | Disconnect
+Message = Register | Request | Tasks | Results | Cancel | Heartbeat | Disconnect | Progress
 
 
 def _header(obj) -> bytes:
@@ -135,20 +144,31 @@ def encode(msg: Message) -> list[bytes]:
         case Request(free, info):
             return [VERSION, Kind.REQUEST.value, _header({"free": free, **_info_fields(info)})]
         case Tasks(tasks):
-            head = [[t.task_id, t.function_id, t.deadline_s] for t in tasks]
+            head = [[t.task_id, t.function_id, t.deadline_s, *_task_options(t)] for t in tasks]
             blobs = [b for t in tasks for b in (t.function, t.arguments)]
             return [VERSION, Kind.TASKS.value, _header(head), *blobs]
         case Results(results, free):
             head = {"free": free, "r": [[r.task_id, r.status, r.error, r.started_at, r.finished_at, r.retry]
                                      for r in results]}
+            if any(r.output for r in results):  # by position, only where there is some: most tasks print nothing
+                head["o"] = {str(i): r.output for i, r in enumerate(results) if r.output}
             return [VERSION, Kind.RESULTS.value, _header(head), *(r.result for r in results)]
         case Cancel(task_ids):
             return [VERSION, Kind.CANCEL.value, _header(list(task_ids))]
+        case Progress(updates):
+            return [VERSION, Kind.PROGRESS.value, _header([list(u) for u in updates])]
         case Heartbeat(busy):
             return [VERSION, Kind.HEARTBEAT.value, _header({"busy": busy})]
         case Disconnect(reason):
             return [VERSION, Kind.DISCONNECT.value, _header({"reason": reason})]
     raise ProtocolError(f"cannot encode {type(msg).__name__}")
+
+
+def _task_options(t: Task) -> list:
+    """The optional tail of a task's header row: only as long as it needs to be."""
+    if t.retry_on:
+        return [t.soft_deadline_s, list(t.retry_on)]
+    return [t.soft_deadline_s] if t.soft_deadline_s else []
 
 
 def _info_fields(info: WorkerInfo) -> dict:
@@ -181,8 +201,10 @@ def _decode_tasks(head, blobs) -> Tasks:
     if len(blobs) != 2 * len(head):
         raise ProtocolError(f"TASKS header names {len(head)} tasks but {len(blobs)} blobs follow")
     return Tasks(tuple(
-        Task(str(tid), str(fid), blobs[2 * i], blobs[2 * i + 1], None if dl is None else float(dl))
-        for i, (tid, fid, dl) in enumerate(head)
+        Task(str(tid), str(fid), blobs[2 * i], blobs[2 * i + 1], None if dl is None else float(dl),
+             float(rest[0]) if rest and rest[0] is not None else None,
+             tuple(str(n) for n in rest[1]) if len(rest) > 1 and rest[1] else ())
+        for i, (tid, fid, dl, *rest) in enumerate(head)
     ))
 
 
@@ -190,12 +212,12 @@ def _decode_results(head, blobs) -> Results:
     rows = head["r"]
     if len(blobs) != len(rows):
         raise ProtocolError(f"RESULTS header names {len(rows)} results but {len(blobs)} blobs follow")
-    results = []
-    for (tid, status, error, started, finished, *rest), blob in zip(rows, blobs):
+    results, outputs = [], head.get("o") or {}
+    for i, ((tid, status, error, started, finished, *rest), blob) in enumerate(zip(rows, blobs)):
         if status not in FINAL_STATUSES:
             raise ProtocolError(f"result for {str(tid)[:64]} has status {str(status)[:16]!r}, not a final one")
         results.append(Result(str(tid), str(status), blob, str(error or ""), _time(started), _time(finished),
-                              bool(rest and rest[0])))
+                              bool(rest and rest[0]), str(outputs.get(str(i), ""))))
     return Results(tuple(results), free=int(head.get("free", 0)))
 
 
@@ -209,6 +231,7 @@ _DECODERS = {
     Kind.TASKS: _decode_tasks,
     Kind.RESULTS: _decode_results,
     Kind.CANCEL: lambda head, blobs: Cancel(tuple(str(t) for t in head)),
+    Kind.PROGRESS: lambda head, blobs: Progress(tuple((str(t), float(f), str(m)) for t, f, m in head)),
     Kind.HEARTBEAT: lambda head, blobs: Heartbeat(int(head.get("busy", 0))),
     Kind.DISCONNECT: lambda head, blobs: Disconnect(str(head.get("reason", ""))),
 }

@@ -20,13 +20,14 @@ class QueuedTask:
     arguments: bytes
     timeout: float | None = None
     attempt: int = 1
+    retry: str = ""  # JSON: the task's retry policy and its earlier attempts' errors (dispatch.retrying)
 
-    FIELD_NAMES = ("task_id", "function_id", "owner", "arguments", "timeout", "attempt")
+    FIELD_NAMES = ("task_id", "function_id", "owner", "arguments", "timeout", "attempt", "retry")
 
     def fields(self) -> dict:
         return {"task_id": self.task_id, "function_id": self.function_id, "owner": self.owner_id,
                 "arguments": self.arguments, "timeout": "" if self.timeout is None else repr(self.timeout),
-                "attempt": self.attempt}
+                "attempt": self.attempt, "retry": self.retry}
 
     @classmethod
     def from_fields(cls, fields: dict) -> QueuedTask:
@@ -34,10 +35,12 @@ class QueuedTask:
         timeout = fields.get(b"timeout", b"")
         return cls(task_id=fields[b"task_id"].decode(), function_id=fields[b"function_id"].decode(),
                    owner_id=fields.get(b"owner", b"").decode(), arguments=fields[b"arguments"],
-                   timeout=float(timeout) if timeout else None, attempt=int(fields.get(b"attempt", b"1")))
+                   timeout=float(timeout) if timeout else None, attempt=int(fields.get(b"attempt", b"1")),
+                   retry=fields.get(b"retry", b"").decode())
 
-    def again(self, attempt: int) -> QueuedTask:
-        return QueuedTask(self.task_id, self.function_id, self.owner_id, self.arguments, self.timeout, attempt)
+    def again(self, attempt: int, retry: str | None = None) -> QueuedTask:
+        return QueuedTask(self.task_id, self.function_id, self.owner_id, self.arguments, self.timeout, attempt,
+                          self.retry if retry is None else retry)
 
 
 class Claim(enum.IntEnum):
