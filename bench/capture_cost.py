@@ -21,7 +21,6 @@ from workers.capture import OutputCapture
 from workers.serialization import dumps
 from workers.softlimit import SoftLimit
 
-
 ROUNDS = 21
 
 
@@ -48,9 +47,11 @@ def main(argv=None) -> int:
     rows = {}
     for name, fn in (("noop", noop), ("prints one line", prints)):
         function = dumps(fn)
-        bare = lambda: execution.run_call("t", function, arguments, 1 << 20, cache, function_id=name)  # noqa: E731
-        pooled = lambda: pool._run_task("t", function, arguments, 1 << 20, cache, name, capture,  # noqa: E731
-                                        soft.armed(None))
+        def bare(function=function, name=name):
+            return execution.run_call("t", function, arguments, 1 << 20, cache, function_id=name)
+
+        def pooled(function=function, name=name):
+            return pool._run_task("t", function, arguments, 1 << 20, cache, name, capture, soft.armed(None))
         bares, pooleds = [], []
         with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
             for _ in range(ROUNDS):

@@ -21,8 +21,8 @@ from dispatch.config import DispatcherConfig
 from dispatch.delayed import DelayedPromoter
 from dispatch.metrics import DispatcherMetrics
 from dispatch.recovery import RECLAIM_INTERVAL, Recovery
-from dispatch.retrying import RetryPlanner
 from dispatch.retention import RetentionSweeper
+from dispatch.retrying import RetryPlanner
 from dispatch.state import FunctionCache, InFlight
 from dispatch.writer import DatabaseWriter
 from functions import retention, taskrows

@@ -22,8 +22,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from functions import services
-from functions.taskstore import metrics as metricstore
 from functions.models import Worker
+from functions.taskstore import metrics as metricstore
 
 PREFIX = "faas_"
 HELP = {

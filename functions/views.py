@@ -9,8 +9,8 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from functions import serializers as s
 from functions import listing, services
+from functions import serializers as s
 from functions.lean import LeanViewMixin, validated
 from workers import serialization
 

@@ -10,9 +10,9 @@ from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from functions.taskstore import keys
 from functions.client import APIError, FaaSClient
 from functions.models import Task
+from functions.taskstore import keys
 from tests import fixtures_functions as ff
 from workers.serialization import serialize
 

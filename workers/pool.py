@@ -30,10 +30,10 @@ from multiprocessing.process import BaseProcess
 from workers import execution, progress
 from workers.capture import OutputCapture
 from workers.exceptions import ProtocolError, SoftTimeLimitExceeded, WorkerFailureException
-from workers.recycling import ChildLimits
-from workers.softlimit import SoftLimit
 from workers.protocol import Result, Task, TaskStatus
+from workers.recycling import ChildLimits
 from workers.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
+from workers.softlimit import SoftLimit
 
 log = logging.getLogger(__name__)
 
