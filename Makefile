@@ -8,7 +8,7 @@ export REDIS_URL ?= redis://127.0.0.1:6379/0
 
 # The suites that touch the database run a second time on a throwaway PostgreSQL cluster.
 POSTGRES_TESTS ?= tests/test_api.py tests/test_groupcommit.py tests/test_recovery.py tests/test_admin.py \
-  tests/test_admin_stack.py tests/test_behaviour.py tests/test_dispatcher_loop.py tests/test_multi_dispatcher.py \
+  tests/test_admin_stack.py tests/test_dispatcher_loop.py tests/test_multi_dispatcher.py \
   tests/test_postgres_concurrency.py tests/test_final_states.py
 N_HOSTS ?= 3
 

@@ -44,6 +44,17 @@ class DispatcherConfig:
     flush_interval: float = 0.2  # seconds between batched database writes
     deadline_grace: float = 2.0  # seconds past a deadline before the dispatcher fails a task itself
     idle_poll: float = 0.5  # seconds between queue checks when nothing wakes the dispatcher
+    history_ttl: float | None = None  # seconds before finished task rows are deleted; None keeps them
+    retention_interval: float = 0.0  # seconds between retention sweeps, one dispatcher at a time; 0: none
+    soft_timeout: float | None = None  # seconds before SoftTimeLimitExceeded is raised in a task's function
+    max_tasks_per_child: int | None = None  # local pool: replace a child after this many tasks
+    max_memory_per_child: int | None = None  # local pool: replace a child past this resident KiB
+
+    def soft_deadline(self, timeout: float | None) -> float | None:
+        """The soft limit a task gets: only when it falls before the task's hard deadline."""
+        if self.soft_timeout is None or (timeout is not None and self.soft_timeout >= timeout):
+            return None
+        return self.soft_timeout
 
     @property
     def endpoint(self) -> str:
@@ -66,6 +77,10 @@ class DispatcherConfig:
             raise ConfigError("--flush-interval cannot be negative.")
         if self.retries < 0:
             raise ConfigError("--retries cannot be negative.")
+        if self.soft_timeout is not None and self.soft_timeout <= 0:
+            raise ConfigError("--soft-timeout must be a positive number of seconds.")
+        if (self.max_tasks_per_child or 1) < 1 or (self.max_memory_per_child or 1) < 1:
+            raise ConfigError("--max-tasks-per-child and --max-memory-per-child must be at least 1.")
         if self.heartbeat_interval <= 0 or self.heartbeat_liveness < 1:
             raise ConfigError("The heartbeat interval must be positive and the liveness at least 1.")
         if self.mode != "local" and not is_loopback(self.bind) and not self.insecure and not self.keys_dir:

@@ -9,6 +9,7 @@ iteration, so tests drive it step by step with a fake clock and the in-memory st
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import time
@@ -17,10 +18,14 @@ import redis
 import zmq
 
 from dispatch.config import DispatcherConfig
+from dispatch.delayed import DelayedPromoter
+from dispatch.metrics import DispatcherMetrics
 from dispatch.recovery import RECLAIM_INTERVAL, Recovery
+from dispatch.retention import RetentionSweeper
+from dispatch.retrying import RetryPlanner
 from dispatch.state import FunctionCache, InFlight
 from dispatch.writer import DatabaseWriter
-from functions import taskrows
+from functions import retention, taskrows
 from functions.dashboard import DashboardPublisher
 from functions.taskstore import Claim, Claimed, TaskStore
 from workers import environment, limits, protocol, serialization
@@ -57,6 +62,11 @@ class Dispatcher:
         self.next_reclaim = 0.0
         self.listener = None
         self.publisher = DashboardPublisher()
+        self.metrics = DispatcherMetrics(config.consumer, clock)
+        self.progress: dict[str, tuple[float, str]] = {}  # reports not yet in the store
+        self.retention: RetentionSweeper | None = None  # made with the store
+        self.delayed: DelayedPromoter | None = None
+        self.retrying = RetryPlanner(config.retries)
 
     @property
     def consumer(self) -> str:
@@ -83,6 +93,10 @@ class Dispatcher:
         self.writes = DatabaseWriter(self.config.flush_interval, self.store, self.consumer, self.config.result_ttl,
                                      self.clock)
         self.store.ensure_group()
+        self.delayed = DelayedPromoter(self.store)
+        self.retention = RetentionSweeper(
+            self.store, self.consumer, self.config.retention_interval, clock=self.clock,
+            sweep=lambda: retention.sweep(result_ttl=self.config.result_ttl, history_ttl=self.config.history_ttl))
         self.writes.start()
         self.recovery.reconcile()
         self.subscribe()
@@ -104,6 +118,7 @@ class Dispatcher:
             if self.in_flight:
                 self.lose(list(self.in_flight), "dispatcher stopped before the task finished")
             self.store_pending()
+            self.metrics.flush(self.store)
         except redis.RedisError as exc:
             log.error("Redis is unavailable at shutdown (%s): %d result(s) could not be recorded; "
                       "their tasks are reclaimed by the next dispatcher", exc, len(self.unstored))
@@ -138,6 +153,8 @@ class Dispatcher:
 
     def loop(self, now: float) -> None:
         self.read_control()
+        if not self.stopping and self.delayed.tick():
+            self.backlog = True
         if self.stopping and not self.in_flight and not self.unstored:
             self.stopped = True
             return
@@ -148,10 +165,14 @@ class Dispatcher:
             self.on_ready(ready, now)
             if self.unstored:  # results first: before heartbeats, deadlines and the database flush
                 self.exchange(now)
+        if self.progress:
+            self.store_progress()
         self.tick(now)
         self.expire_deadlines(now)
         if now >= self.next_reclaim:
             self.next_reclaim = now + RECLAIM_INTERVAL
+            self.metrics.flush(self.store)
+            self.retention.maybe_run(now)
             self.refresh_liveness()
             self.recovery.periodic(now)
         self.flush(now)
@@ -166,6 +187,7 @@ class Dispatcher:
         return max(0.0, wake_at - now)
 
     def wait(self, timeout: float) -> set:
+        self.metrics.wait_begins()
         poller = zmq.Poller()
         items = self.poll_items()
         for item in items:
@@ -174,6 +196,7 @@ class Dispatcher:
         if sock is not None:  # wake on pub/sub too
             poller.register(sock, zmq.POLLIN)
         events = dict(poller.poll(int(timeout * 1000)))
+        self.metrics.wait_ends()
         return {item for item in items if item in events}
 
     # --- the queue -----------------------------------------------------------------------
@@ -259,8 +282,11 @@ class Dispatcher:
                 continue
             if needs:
                 self.task_needs[q.task_id] = needs
+            memory_bytes, cpu_seconds = limits.decode(q.limits)
             tasks.append(protocol.Task(q.task_id, q.function_id, function, q.arguments, timeout,
-                                       *limits.decode(q.limits)))
+                                       self.config.soft_deadline(timeout), self.retrying.retry_on(q),
+                                       memory_bytes, cpu_seconds))
+            self.metrics.claimed(c.entry_id, wall)
         if tasks:
             self.hand_out(tasks, wall)
 
@@ -312,16 +338,22 @@ class Dispatcher:
 
     def accept_results(self, results: list[Result]) -> None:
         """Results from the worker holding each task (the mode checked the sender); the next
-        exchange stores them. A crash the worker marks retryable goes back on the queue
-        while retries remain (--retries), as a lost worker does."""
-        retried = [r.task_id for r in results if r.retry and self._retries_left(r.task_id)]
-        if retried and (requeued := self.requeue(retried, count_attempt=True)):
-            log.warning("re-queued %d task(s) whose process died under them", requeued)
-        done = set(retried)
+        exchange stores them. A failure the worker marks retryable (a crash, or an exception
+        its retry policy names) goes back on the queue while retries remain, as a lost
+        worker does; a final failure carries the earlier attempts' errors."""
+        retried = {r.task_id: r.error for r in results if r.retry and self._retries_left(r.task_id)}
+        if retried and (requeued := self.requeue(list(retried), count_attempt=True, errors=retried)):
+            self.metrics.retried(requeued)
+            log.warning("re-queued %d task(s) for another attempt", requeued)
         for r in results:
-            if r.task_id not in done:
-                flight = self.in_flight.pop(r.task_id, None)
-                self.unstored.append((flight, self._last_attempt(r, flight) if r.retry else r))
+            if r.task_id in retried:
+                continue
+            flight = self.in_flight.pop(r.task_id, None)
+            if r.retry and r.error.startswith(WorkerFailureException.__name__):  # a crash, past its retries
+                r = self._last_attempt(r, flight)
+            if flight is not None and r.status == TaskStatus.FAILED.value and flight.queued.retry:
+                r = dataclasses.replace(r, error=self.retrying.final_error(flight.queued, r.error))
+            self.unstored.append((flight, r))
 
     def _last_attempt(self, r: Result, flight: InFlight | None) -> Result:
         """A crash after retries: the failure names the attempt, so the user sees it ran again."""
@@ -333,9 +365,20 @@ class Dispatcher:
         return Result(r.task_id, r.status, serialization.dumps(exc), f"{type(exc).__name__}: {exc}", r.started_at,
                       r.finished_at)
 
+    def report_progress(self, updates: list[tuple[str, float, str]]) -> None:
+        """How far running tasks have got (each worker sends a few a second at most); stored
+        within the loop's iteration, the latest per task."""
+        for task_id, fraction, message in updates:
+            if task_id in self.in_flight:
+                self.progress[task_id] = (fraction, message)
+
+    def store_progress(self) -> None:
+        reports, self.progress = self.progress, {}
+        self.store.progress(reports)
+
     def _retries_left(self, task_id: str) -> bool:
         flight = self.in_flight.get(task_id)
-        return flight is not None and flight.queued.attempt <= self.config.retries
+        return flight is not None and self.retrying.left(flight.queued)
 
     def fail(self, task_ids: list[str], exc: Exception) -> None:
         """FAIL held tasks with `exc`, recorded at once in one round trip (failures are rare,
@@ -345,31 +388,40 @@ class Dispatcher:
         for task_id in task_ids:
             flight = self.in_flight.pop(task_id, None)
             if flight is not None:
-                self.unstored.append((flight, Result(task_id, TaskStatus.FAILED.value, result, error, None, now)))
+                self.unstored.append((flight, Result(task_id, TaskStatus.FAILED.value, result,
+                                                     self.retrying.final_error(flight.queued, error), None, now)))
         self.store_pending()
 
     def lose(self, task_ids: list[str], reason: str, retry: bool = True) -> None:
         """Tasks whose worker died, went silent or overran: re-queue while retries remain, else
         FAIL. The message says how many times it ran when it ran more than once."""
         again = [t for t in task_ids if retry and self._retries_left(t)]
-        if again and (requeued := self.requeue(again, count_attempt=True)):
+        if again and (requeued := self.requeue(again, count_attempt=True,
+                                               errors={t: f"WorkerFailureException: {reason}" for t in again})):
+            self.metrics.retried(requeued)
             log.warning("re-queued %d task(s): %s", requeued, reason)
         rest = [t for t in task_ids if t not in set(again)]
         for attempt, ids in _by_attempt(rest, self.in_flight).items():
             suffix = f" (attempt {attempt} of {self.config.retries + 1})" if attempt > 1 else ""
             self.fail(ids, WorkerFailureException(reason + suffix))
 
-    def requeue(self, task_ids: list[str], count_attempt: bool) -> int:
+    def requeue(self, task_ids: list[str], count_attempt: bool, errors: dict[str, str] | None = None) -> int:
         """Put held tasks back on the queue (as new entries) for any dispatcher to take; a
-        task that reached a final state meanwhile (a cancel) stays as it is. Returns how
-        many went back."""
-        items = []
+        task that reached a final state meanwhile (a cancel) stays as it is. A counted
+        attempt (a retry) records its error and waits its back-off in the delayed set.
+        Returns how many went back."""
+        items, later = [], {}
         for task_id in task_ids:
             flight = self.in_flight.pop(task_id, None)
-            if flight is not None:
-                q = flight.queued
-                items.append((flight.entry_id, q.again(q.attempt + 1) if count_attempt else q))
-        again = self.store.requeue(items)
+            if flight is None:
+                continue
+            q = flight.queued
+            if count_attempt:
+                q, not_before = self.retrying.next_attempt(q, (errors or {}).get(task_id, "lost"))
+                if not_before is not None:
+                    later[task_id] = not_before
+            items.append((flight.entry_id, q))
+        again = self.store.requeue(items, later)
         self.backlog = True
         return sum(again)
 
@@ -394,6 +446,7 @@ class Dispatcher:
             self.writes.finish(r, flight.worker if flight else None, flight.queued.attempt if flight else 1,
                                flight.entry_id if flight else None)
             self.publisher.task(r.task_id, r.status)
+            self.metrics.finished(r, flight.queued.function_id if flight else "")
             if flight is not None and flight.worker is not None:
                 self.worker_done[flight.worker] = self.worker_done.get(flight.worker, 0) + 1
         self.writes.forget(losers)

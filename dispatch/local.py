@@ -9,13 +9,15 @@ import time
 from dispatch.core import Dispatcher
 from workers import environment, protocol
 from workers.pool import ProcessPool
+from workers.recycling import ChildLimits
 
 
 class LocalDispatcher(Dispatcher):
     mode = "local"
 
     def setup(self) -> None:
-        self.pool = ProcessPool(self.config.workers, max_result_bytes=self.config.max_result_bytes)
+        limits = ChildLimits(self.config.max_tasks_per_child, self.config.max_memory_per_child)
+        self.pool = ProcessPool(self.config.workers, max_result_bytes=self.config.max_result_bytes, limits=limits)
         self.pool.start()
         self.identity = f"local-{socket.gethostname()}-{os.getpid()}"
         self.next_heartbeat = 0.0
@@ -54,6 +56,9 @@ class LocalDispatcher(Dispatcher):
 
     def collect(self) -> None:
         results = self.pool.collect()
+        reports = self.pool.take_progress()
+        if reports:
+            self.report_progress([(t, f, m) for t, (f, m) in reports.items()])
         if results:
             self.accept_results(results)
             self.worker_state(self.identity, busy=self.pool.busy)

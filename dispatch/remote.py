@@ -95,12 +95,15 @@ class RemoteDispatcher(Dispatcher):
                 self.table.get(identity).credit += free
             case protocol.Results(results, free):
                 self.on_results(identity, results, free, known)
+            case protocol.Progress(updates):  # only from the worker holding each task
+                self.report_progress([u for u in updates if self.table.holds(identity, u[0])])
             case protocol.Heartbeat():
                 if not known:
                     self.ask_to_register(identity, now)
             case protocol.Disconnect(reason):
                 if known:
-                    self.worker_lost(identity, f"worker disconnected ({reason or 'no reason given'})")
+                    self.worker_lost(identity, f"worker disconnected ({reason or 'no reason given'})",
+                                     never_received=reason == protocol.CLEAN_GOODBYE)
             case _:
                 log.warning("unexpected %s from worker %r", type(message).__name__, identity[:64])
 
@@ -144,13 +147,18 @@ class RemoteDispatcher(Dispatcher):
         self.accept_results(accepted)
         self.backlog = True
 
-    def worker_lost(self, identity: bytes, reason: str) -> None:
+    def worker_lost(self, identity: bytes, reason: str, never_received: bool = False) -> None:
+        """A worker is gone. After its clean goodbye (it reported every result first, on the same
+        ordered connection), the tasks still counted as its own crossed the goodbye and never
+        ran there: they go back on the queue without spending an attempt."""
         entry = self.table.remove(identity)
         if entry is None:
             return
         log.warning("worker %s lost: %s; %d task(s) affected", entry.name, reason, len(entry.tasks))
         self.worker_state(entry.name, alive=False, busy=0)
-        if entry.tasks:
+        if entry.tasks and never_received:
+            self.requeue(sorted(entry.tasks), count_attempt=False)
+        elif entry.tasks:
             self.lose(sorted(entry.tasks), f"worker {entry.name}: {reason}")
 
     def drain_worker(self, identity: str) -> None:

@@ -155,11 +155,15 @@ FAAS_ALLOW_ANONYMOUS = env_bool("FAAS_ALLOW_ANONYMOUS", False)
 FAAS_MAX_PAYLOAD_BYTES = env_int("FAAS_MAX_PAYLOAD_BYTES", 16 * 1024 * 1024)
 FAAS_MAX_RESULT_BYTES = env_int("FAAS_MAX_RESULT_BYTES", 16 * 1024 * 1024)
 FAAS_TASK_TIMEOUT = env_float("FAAS_TASK_TIMEOUT", None)  # default task deadline, seconds
-FAAS_RESULT_TTL = env_int("FAAS_RESULT_TTL", 7 * 24 * 3600)  # how long Redis keeps a finished task
+FAAS_RESULT_TTL = env_int("FAAS_RESULT_TTL", 7 * 24 * 3600)  # how long a finished task's result and bytes are kept
+FAAS_TASK_HISTORY_TTL = env_float("FAAS_TASK_HISTORY_TTL", None)  # seconds before finished task rows go; unset: never
+FAAS_RETENTION_INTERVAL = env_float("FAAS_RETENTION_INTERVAL", 600.0)  # seconds between clean-ups (0: none)
 # How long a server process trusts an API token it has checked (0: ask the database every time).
 FAAS_TOKEN_CACHE_SECONDS = env_float("FAAS_TOKEN_CACHE_SECONDS", 10.0) or 0.0
 # How long an Idempotency-Key keeps answering the task it first queued (issue 16).
 FAAS_IDEMPOTENCY_TTL = env_float("FAAS_IDEMPOTENCY_TTL", 24 * 3600.0)
+# A scraper sending `Authorization: Bearer <this>` may read /metrics (staff sessions always may).
+FAAS_METRICS_TOKEN = env_str("FAAS_METRICS_TOKEN", "")
 
 # The JSON body holds base64 of the payload (4/3 larger) plus a little JSON around it.
 DATA_UPLOAD_MAX_MEMORY_SIZE = FAAS_MAX_PAYLOAD_BYTES * 4 // 3 + FAAS_MAX_PAYLOAD_BYTES // 38 + 64 * 1024

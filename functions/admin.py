@@ -103,7 +103,7 @@ class TaskAdmin(ReadOnlyAdmin):
     actions = [admin_actions.retry_tasks, admin_actions.cancel_tasks, admin_actions.purge_queue]
     readonly_fields = ["id", "function", "owner", "status", "attempts", "worker", "timeout", "retry_of", "retries",
                        "payload_size", "result_size", "created_at", "dispatched_at", "started_at", "finished_at",
-                       "queue_wait", "run_time", "error_text", "memory_limit_mb", "cpu_limit_s"]
+                       "queue_wait", "run_time", "error_text", "output_text", "memory_limit_mb", "cpu_limit_s"]
     fieldsets = [
         (None, {"fields": ["id", "function", "owner", "status", "attempts", "worker", "timeout", "retry_of",
                            "retries"]}),
@@ -111,6 +111,7 @@ class TaskAdmin(ReadOnlyAdmin):
         ("Resource limits", {"fields": ["memory_limit_mb", "cpu_limit_s"]}),
         ("Timings", {"fields": ["created_at", "dispatched_at", "started_at", "finished_at", "queue_wait", "run_time"]}),
         ("Error and remote traceback", {"fields": ["error_text"]}),
+        ("Output (stdout, stderr and logging, the last 64 KiB)", {"fields": ["output_text"]}),
     ]
 
     class Media:
@@ -118,7 +119,7 @@ class TaskAdmin(ReadOnlyAdmin):
 
     def get_queryset(self, request):
         # The blobs can be megabytes each: a page of tasks must not read them.
-        return super().get_queryset(request).defer("payload", "result", "function__payload")
+        return super().get_queryset(request).defer("payload", "result", "output", "function__payload")
 
     def get_urls(self):
         dashboard = self.admin_site.admin_view(lambda request: admin_views.dashboard_view(request, self.admin_site))
@@ -160,6 +161,10 @@ class TaskAdmin(ReadOnlyAdmin):
         if not obj.error:
             return "-"
         return format_html('<pre class="faas-traceback">{}</pre>', obj.error)
+
+    @admin.display(description="output")
+    def output_text(self, obj: Task) -> str:
+        return format_html('<pre class="faas-traceback">{}</pre>', obj.output) if obj.output else "-"
 
 
 @admin.register(Worker)

@@ -211,6 +211,40 @@ class FaaSClient:
         params = {"wait": f"{wait:.3f}"} if wait > 0 else None
         return self._call("GET", f"/result/{task_id}", params=params, timeout=self.timeout + wait)
 
+    def register_with(self, fn: Callable, name: str | None = None, *, retry: dict | None = None,
+                      by_value: bool = True) -> str:
+        """`register`, with a default retry policy for the function's tasks, e.g.
+        `{"max_retries": 3, "backoff": 1, "backoff_max": 60, "retry_on": ["ConnectionError"]}`."""
+        if not callable(fn):
+            raise TypeError(f"register() needs a callable, not a {type(fn).__name__}")
+        payload = self.shipper.dumps(fn) if by_value else dill.dumps(fn)
+        body = {"name": (name or _name_of(fn))[:200], "payload": encode(payload), "retry": retry}
+        return self._call("POST", "/register_function", json=body)["function_id"]
+
+    def submit_later(self, function_id: str, args: Iterable = (), kwargs: dict | None = None, *,
+                     countdown: float | None = None, eta=None, timeout: float | None = None,
+                     retry: dict | None = None) -> str:
+        """Queue a call that runs no earlier than `countdown` seconds from now, or than `eta`
+        (a datetime, or ISO 8601 text); it waits on the server, not in a worker. `retry`
+        (a policy, as for `register_with`) overrides the function's for this task."""
+        body = {"function_id": function_id, "payload": self.encode_call(args, kwargs or {})}
+        for name, value in (("countdown", countdown), ("eta", _iso(eta)), ("timeout", timeout), ("retry", retry)):
+            if value is not None:
+                body[name] = value
+        return self._call("POST", "/execute_function", json=body)["task_id"]
+
+    def progress(self, task_id: str) -> tuple[float, str] | None:
+        """(fraction, message) the running task last reported with
+        `workers.progress.report_progress`; None when it is not running or has reported nothing."""
+        body = self._call("GET", f"/status/{task_id}")
+        return (body["progress"], body.get("progress_message", "")) if "progress" in body else None
+
+    def output(self, task_id: str) -> str | None:
+        """What the task's function printed to stdout and stderr and logged (the last 64 KiB,
+        with a note when cut), once the task is final; None while it is not."""
+        body = self.poll(task_id)
+        return body.get("output", "") if body["status"] in FINAL else None
+
     def cancel(self, task_id: str, *, queued_only: bool = False) -> bool:
         """Cancel a task: a queued one never runs, a running one has its process stopped
         (unless `queued_only`). Either way it FAILS with WorkerFailureException("cancelled").
@@ -223,6 +257,39 @@ class FaaSClient:
             raise
         return True
 
+    # --- listing --------------------------------------------------------------------------
+
+    def tasks(self, *, status: str | None = None, function_id: str | None = None, since=None, until=None,
+              page_size: int = 100) -> Iterator[dict]:
+        """The caller's tasks, newest first, as dicts (task_id, function_id, function_name,
+        status, attempts, created_at, started_at, finished_at, error), fetched page by page
+        as the iteration goes. `since`/`until` are datetimes or ISO 8601 text."""
+        params = {"status": status, "function": function_id, "since": _iso(since), "until": _iso(until)}
+        return self._pages("/tasks", {k: v for k, v in params.items() if v}, page_size)
+
+    def functions(self, *, page_size: int = 100) -> Iterator[dict]:
+        """The caller's functions, newest first: function_id, name, payload_size, created_at."""
+        return self._pages("/functions", {}, page_size)
+
+    def function(self, function_id: str) -> dict:
+        """One function, with `tasks`: how many of its tasks are in each status."""
+        return self._call("GET", f"/functions/{function_id}")
+
+    def delete_function(self, function_id: str) -> int:
+        """Delete a function and the record of its finished tasks; returns how many went.
+        APIError 409 while any of its tasks is queued or running."""
+        return self._call("DELETE", f"/functions/{function_id}")["deleted_tasks"]
+
+    def _pages(self, path: str, params: dict, page_size: int) -> Iterator[dict]:
+        cursor = None
+        while True:
+            query = {**params, "limit": page_size, **({"cursor": cursor} if cursor else {})}
+            page = self._call("GET", path, params=query)
+            yield from page["results"]
+            cursor = page["next"]
+            if not cursor:
+                return
+
     # --- payloads -------------------------------------------------------------------------
 
     def encode_call(self, args: Iterable, kwargs: dict) -> str:
@@ -231,6 +298,9 @@ class FaaSClient:
 
     def outcome(self, body: dict):
         """The value of a finished /result body, or raise the task's exception."""
+        if body.get("expired"):
+            raise ClientError(f"the result of task {body['task_id']} ({body['status']}) has expired: the server "
+                              f"keeps results for FAAS_RESULT_TTL; {body.get('error') or ''}".rstrip("; "))
         if body["status"] == "COMPLETED":
             try:
                 return self.shipper.loads(decode(body["result"]))
@@ -299,6 +369,10 @@ def new_idempotency_key() -> str:
 
 def _name_of(fn) -> str:
     return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or type(fn).__name__
+
+
+def _iso(when) -> str | None:
+    return when.isoformat() if hasattr(when, "isoformat") else when
 
 
 def _repr(obj) -> str:

@@ -63,7 +63,12 @@ class ResultCollector:
                 batch = mine + self._extra(set(mine), MAX_IDS - len(mine))
                 self._fetching.update(batch)
             wait = self.max_wait if left is None else min(self.max_wait, left)
-            self._fetch(batch, wait, need - len(got), got, set(wanted))
+            try:
+                self._fetch(batch, wait, need - len(got), got, set(wanted))
+            except Exception as exc:
+                if getattr(exc, "status_code", None) != 404 or len(batch) == len(mine):
+                    raise
+                self.forget(batch[len(mine):])  # a prefetched task is gone (deleted?): ask again without them
 
     def _extra(self, mine: set[str], room: int) -> list[str]:
         """Called with the lock held: this client's other unfinished tasks, oldest first."""

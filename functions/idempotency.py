@@ -78,7 +78,8 @@ def fingerprint(function_id, payload: bytes, timeout: float | None, limits: tupl
 
 
 def submit_once(*, owner, function: Function, payloads: list[bytes], keys: list[str], timeout: float | None,
-                received_at: float | None = None, companions_of=None, limits: tuple = (None, None)) -> list[str]:
+                received_at: float | None = None, companions_of=None, limits: tuple = (None, None),
+                not_before: float | None = None, retry: dict | None = None) -> list[str]:
     """Task ids for `payloads`, one per key: queued now for keys never seen, the earlier
     task's id for keys already used with the same call. Raises KeyReused or KeyBusy."""
     if len(set(keys)) != len(keys):
@@ -96,6 +97,7 @@ def submit_once(*, owner, function: Function, payloads: list[bytes], keys: list[
             try:
                 services.task_submit_batch(owner=owner, function=function, payloads=[payloads[i] for i in new],
                                            timeout=timeout, received_at=received_at, limits=limits,
+                                           not_before=not_before, retry=retry,
                                            task_ids=[claims[i].task_id for i in new], companions_of=with_rows)
             except BaseException:
                 _release(owner_key, [claims[i] for i in new])

@@ -14,6 +14,8 @@ class Function(models.Model):
     name = models.CharField(max_length=200)
     payload = models.BinaryField(help_text="dill bytes of the callable; never unpickled by the web server")
     payload_size = models.PositiveIntegerField(default=0)
+    retry_policy = models.JSONField(null=True, blank=True,
+                                    help_text="default retry policy of its tasks (workers.retrying.RetryPolicy)")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # issue 16: a name's versions, content-addressed (functions.versions)
     version = models.PositiveIntegerField(default=1, help_text="1, 2, ... per owner and name: run it as name@version")
@@ -58,6 +60,7 @@ class Task(models.Model):
     result = models.BinaryField(null=True, blank=True, help_text="dill bytes of the value or the exception")
     result_size = models.PositiveIntegerField(null=True, blank=True)
     error = models.TextField(blank=True, default="")
+    output = models.TextField(blank=True, default="", help_text="the tail of what the function printed or logged")
     attempts = models.PositiveIntegerField(default=0)
     timeout = models.FloatField(null=True, blank=True, help_text="deadline in seconds; empty means the dispatcher's")
     worker = models.ForeignKey("Worker", null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")

@@ -1,6 +1,7 @@
 """Input and output shapes of the REST API; payload rules live in workers.serialization."""
 
 import uuid
+from dataclasses import asdict
 
 from django.conf import settings
 from django.core.validators import URLValidator
@@ -12,6 +13,7 @@ from functions.errors import PayloadTooLarge
 from workers import serialization
 from workers.exceptions import PayloadError
 from workers.exceptions import PayloadTooLarge as PayloadTooLargeError
+from workers.retrying import PolicyError, RetryPolicy
 
 
 class PayloadField(serializers.CharField):
@@ -62,9 +64,27 @@ class LimitsMixin(serializers.Serializer):
                                            help_text="CPU seconds the call may use; past it the task FAILS")
 
 
+class RetryPolicyField(serializers.JSONField):
+    """{"max_retries", "backoff", "backoff_max", "jitter", "retry_on": [exception names]}."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("required", False)
+        kwargs.setdefault("allow_null", True)
+        kwargs.setdefault("help_text", "retry policy: max_retries, backoff (s), backoff_max (s), jitter, "
+                                       "retry_on (exception class names, default all)")
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data):
+        try:
+            return asdict(RetryPolicy.from_dict(super().to_internal_value(data)))
+        except PolicyError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
 class RegisterFunctionSerializer(LimitsMixin, serializers.Serializer):
     name = serializers.CharField(max_length=200)
     payload = PayloadField()
+    retry = RetryPolicyField()
     webhook_url = webhook_field("gets a signed POST whenever a task of this function finishes")
     python = serializers.CharField(required=False, max_length=30, help_text="the client's Python version")
     dill = serializers.CharField(required=False, max_length=30, help_text="the client's dill version")
@@ -102,7 +122,28 @@ IDEMPOTENCY_HELP = ("the same key from the same user within FAAS_IDEMPOTENCY_TTL
                     "queued (or the Idempotency-Key header)")
 
 
-class ExecuteFunctionSerializer(FunctionReferenceMixin, LimitsMixin, serializers.Serializer):
+class LaterMixin(serializers.Serializer):
+    """`countdown` or `eta`: run no earlier than that (the task waits in the delayed set)."""
+
+    countdown = serializers.FloatField(required=False, min_value=0, max_value=366 * 24 * 3600, allow_null=True,
+                                       help_text="seconds to wait before the task may run")
+    eta = serializers.DateTimeField(required=False, allow_null=True,
+                                    help_text="earliest time the task may run (ISO 8601)")
+
+
+def not_before(data: dict, received_at: float) -> float | None:
+    """The unix time validated `countdown`/`eta` allow the tasks to run from, or None to
+    queue them now; both given is a 400. (A function, not a `validate` hook: the API's lean
+    validation runs field validators only.)"""
+    if data.get("countdown") is not None and data.get("eta") is not None:
+        raise serializers.ValidationError({"eta": "Give countdown or eta, not both."})
+    if data.get("countdown"):
+        return received_at + data["countdown"]
+    return data["eta"].timestamp() if data.get("eta") is not None else None
+
+
+class ExecuteFunctionSerializer(FunctionReferenceMixin, LimitsMixin, LaterMixin):
+    retry = RetryPolicyField(help_text="retry policy of this task, over its function's")
     payload = PayloadField(help_text="base64 of dill.dumps(((args...), {kwargs}))")
     timeout = serializers.FloatField(required=False, min_value=0.001, allow_null=True,
                                      help_text="deadline in seconds (optional)")
@@ -111,7 +152,8 @@ class ExecuteFunctionSerializer(FunctionReferenceMixin, LimitsMixin, serializers
     webhook_url = webhook_field("gets a signed POST with the final state (instead of the function's)")
 
 
-class ExecuteBatchSerializer(FunctionReferenceMixin, LimitsMixin, serializers.Serializer):
+class ExecuteBatchSerializer(FunctionReferenceMixin, LimitsMixin, LaterMixin):
+    retry = RetryPolicyField(help_text="retry policy of these tasks, over their function's")
     payloads = serializers.ListField(child=PayloadField(), min_length=1, max_length=10_000)
     timeout = serializers.FloatField(required=False, min_value=0.001, allow_null=True)
     idempotency_key = serializers.CharField(required=False, allow_null=True, max_length=200,
@@ -150,11 +192,17 @@ class TaskIdsSerializer(serializers.Serializer):
 class StatusSerializer(serializers.Serializer):
     task_id = serializers.UUIDField()
     status = serializers.ChoiceField(choices=["QUEUED", "RUNNING", "COMPLETED", "FAILED"])
+    progress = serializers.FloatField(required=False, help_text="while RUNNING: the function's last report, 0 to 1")
+    progress_message = serializers.CharField(required=False, allow_blank=True,
+                                             help_text="while RUNNING: the message of that report")
 
 
 class ResultSerializer(StatusSerializer):
     result = serializers.CharField(allow_null=True, help_text="serialize(value) or serialize(exception); null before")
     error = serializers.CharField(required=False, help_text="plain-text reason, when FAILED")
+    output = serializers.CharField(required=False, allow_blank=True,
+                                   help_text="once final: the last 64 KiB the function printed or logged")
+    expired = serializers.BooleanField(required=False, help_text="true when the result was dropped after its TTL")
 
 
 class ExecutedSerializer(TaskIdSerializer):
@@ -178,3 +226,56 @@ class ResultsRequestSerializer(serializers.Serializer):
 class ResultsSerializer(serializers.Serializer):
     results = ResultSerializer(many=True, help_text="the final tasks, each as GET /result answers it")
     pending = serializers.DictField(child=serializers.CharField(), help_text="task id -> status of the others")
+
+# --- listing (GET /tasks, GET /functions) ---------------------------------------------------
+
+class TaskListQuerySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=["QUEUED", "RUNNING", "COMPLETED", "FAILED"], required=False)
+    function = IdField(required=False, help_text="only tasks of this function id")
+    since = serializers.DateTimeField(required=False, help_text="created at or after (ISO 8601)")
+    until = serializers.DateTimeField(required=False, help_text="created before (ISO 8601)")
+    cursor = serializers.CharField(required=False, help_text="`next` of the previous page")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=50)
+
+
+class FunctionListQuerySerializer(serializers.Serializer):
+    cursor = serializers.CharField(required=False, help_text="`next` of the previous page")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=500, default=50)
+
+
+class TaskRowSerializer(serializers.Serializer):
+    task_id = serializers.UUIDField()
+    function_id = serializers.UUIDField()
+    function_name = serializers.CharField()
+    status = serializers.ChoiceField(choices=["QUEUED", "RUNNING", "COMPLETED", "FAILED"])
+    attempts = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    error = serializers.CharField(help_text="first line of the error, when FAILED")
+
+
+class TaskPageSerializer(serializers.Serializer):
+    results = TaskRowSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="cursor of the next page; null on the last")
+
+
+class FunctionRowSerializer(serializers.Serializer):
+    function_id = serializers.UUIDField()
+    name = serializers.CharField()
+    payload_size = serializers.IntegerField()
+    created_at = serializers.DateTimeField()
+
+
+class FunctionDetailSerializer(FunctionRowSerializer):
+    tasks = serializers.DictField(child=serializers.IntegerField(), help_text="task count per status")
+
+
+class FunctionPageSerializer(serializers.Serializer):
+    results = FunctionRowSerializer(many=True)
+    next = serializers.CharField(allow_null=True, help_text="cursor of the next page; null on the last")
+
+
+class FunctionDeletedSerializer(serializers.Serializer):
+    function_id = serializers.UUIDField()
+    deleted_tasks = serializers.IntegerField(help_text="finished tasks whose record went with the function")

@@ -25,6 +25,7 @@ from functions.taskstore import TaskStore, store_for
 from workers import serialization
 from workers.exceptions import WorkerFailureException
 from workers.protocol import FINAL_STATUSES, Result, TaskStatus
+from workers.retrying import RetryPolicy, retry_record
 
 
 class NotFound(Exception):
@@ -56,18 +57,21 @@ def parse_uuid(value) -> uuid.UUID:
         raise NotFound(f"{value!r} is not a valid id.") from None
 
 
-def function_register(*, owner, name: str, payload: bytes, version: int = 1, digest: str = "") -> Function:
-    """Store a validated callable payload and cache it in Redis for the dispatchers.
-    (functions.versions decides the version and reuses identical bytes.)"""
+def function_register(*, owner, name: str, payload: bytes, version: int = 1, digest: str = "",
+                      retry: dict | None = None) -> Function:
+    """Store a validated callable payload and cache it in Redis for the dispatchers; `retry`
+    is the default retry policy of its tasks. (functions.versions decides the version and
+    reuses identical bytes.)"""
     with transaction.atomic():
         function = Function.objects.create(owner=_owner(owner), name=name, payload=payload,
-                                           payload_size=len(payload), version=version, digest=digest)
+                                           payload_size=len(payload), version=version, digest=digest,
+                                           retry_policy=retry)
         task_store().put_function(function.id, owner_key(owner), payload)
     return function
 
 
 FUNCTION_CACHE_SECONDS = 30.0  # how long a server process trusts a function's owner without asking the database
-_function_owners: dict[uuid.UUID, tuple[int | None, float]] = {}
+_function_owners: dict[uuid.UUID, tuple[int | None, float, dict | None]] = {}  # owner, expiry, retry policy
 
 
 def function_get(*, owner, function_id) -> Function:
@@ -79,14 +83,14 @@ def function_get(*, owner, function_id) -> Function:
     if cached is not None and cached[1] > time.monotonic():
         if cached[0] != owner_id:
             raise NotFound(f"No function with id {fid}.")
-        return Function(id=fid, owner_id=owner_id)
+        return Function(id=fid, owner_id=owner_id, retry_policy=cached[2])
     try:
-        function = Function.objects.only("id", "owner_id", "name").get(id=fid, owner=_owner(owner))
+        function = Function.objects.only("id", "owner_id", "name", "retry_policy").get(id=fid, owner=_owner(owner))
     except Function.DoesNotExist:
         raise NotFound(f"No function with id {fid}.") from None
     if len(_function_owners) > 10_000:
         _function_owners.clear()
-    _function_owners[fid] = (function.owner_id, time.monotonic() + FUNCTION_CACHE_SECONDS)
+    _function_owners[fid] = (function.owner_id, time.monotonic() + FUNCTION_CACHE_SECONDS, function.retry_policy)
     return function
 
 
@@ -97,7 +101,8 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
                       retry_of: Task | None = None, received_at: float | None = None,
                       task_ids: list[uuid.UUID] | None = None,
                       companions_of: Callable[[list[Task]], list] | None = None,
-                      limits: tuple[int | None, int | None] = (None, None)) -> list[Task]:
+                      limits: tuple[int | None, int | None] = (None, None),
+                      not_before: float | None = None, retry: dict | None = None) -> list[Task]:
     """Queue many calls of one function: one Redis script call, then the rows' insert
     (grouped with other threads' submits: functions.groupcommit).
 
@@ -106,17 +111,21 @@ def task_submit_batch(*, owner, function: Function, payloads: list[bytes], timeo
     the error reaches the client, so nothing unacknowledged ever runs to completion.
     `task_ids`, when given, are ids chosen beforehand (an idempotency key's claim names its task);
     `companions_of(tasks)` gives rows committed with the tasks (their audit entry);
-    `limits` is (memory MiB, CPU seconds), each None for none."""
+    `limits` is (memory MiB, CPU seconds), each None for none;
+    `not_before` (unix time; countdown, eta) keeps the tasks in the delayed set until then;
+    `retry` (a policy) overrides the function's."""
     memory_mb, cpu_s = limits
     tasks = [Task(owner=_owner(owner), function=function, payload=p, payload_size=len(p),
                   timeout=timeout, retry_of=retry_of, memory_limit_mb=memory_mb, cpu_limit_s=cpu_s)
              for p in payloads]
     for task, task_id in zip(tasks, task_ids or ()):
         task.id = task_id
-    queued = [queue_entry(t.id, function.id, t.owner_id, p, timeout, 1, memory_mb, cpu_s)
+    policy = retry if retry is not None else function.retry_policy
+    record = retry_record(RetryPolicy.from_dict(policy)) if policy else ""
+    queued = [queue_entry(t.id, function.id, t.owner_id, p, timeout, 1, record, memory_mb, cpu_s)
               for t, p in zip(tasks, payloads)]
     store = task_store()
-    store.enqueue(queued, received_at)
+    store.enqueue(queued, received_at, not_before=not_before)
     try:
         _task_rows.insert(tasks, companions_of(tasks) if companions_of else ())
     except Exception as exc:
@@ -140,9 +149,9 @@ def _abandon(store: TaskStore, task_ids: list[str]) -> None:
 
 
 def task_submit(*, owner, function: Function, payload: bytes, timeout: float | None = None,
-                received_at: float | None = None) -> Task:
+                received_at: float | None = None, not_before: float | None = None, retry: dict | None = None) -> Task:
     return task_submit_batch(owner=owner, function=function, payloads=[payload], timeout=timeout,
-                             received_at=received_at)[0]
+                             received_at=received_at, not_before=not_before, retry=retry)[0]
 
 
 @dataclass(frozen=True)
@@ -153,6 +162,9 @@ class TaskView:
     status: str
     result: bytes | None
     error: str
+    output: str = ""  # what the function printed or logged (its tail), once final
+    progress: float | None = None  # what a running function last reported (workers.progress)
+    progress_message: str = ""
 
     @property
     def final(self) -> bool:
@@ -168,14 +180,18 @@ def task_view(*, owner, task_id) -> TaskView:
             raise NotFound(f"No task with id {tid}.")
         status = data["status"].decode()
         result = data.get("result") if status in FINAL_STATUSES else None
-        return TaskView(str(tid), status, result, data.get("error", b"").decode())
+        progress = data.get("progress")
+        return TaskView(str(tid), status, result, data.get("error", b"").decode(),
+                        data.get("output", b"").decode(errors="replace"),
+                        float(progress) if progress is not None else None,
+                        data.get("progress_message", b"").decode(errors="replace"))
     row = (Task.objects.filter(id=tid, owner=_owner(owner))
-           .values_list("status", "result", "error").first())
+           .values_list("status", "result", "error", "output").first())
     if row is None:
         raise NotFound(f"No task with id {tid}.")
-    status, result, error = row
+    status, result, error, output = row
     return TaskView(str(tid), status, bytes(result) if result is not None and status in FINAL_STATUSES else None,
-                    error or "")
+                    error or "", output or "")
 
 
 def task_cancel(*, task: Task, reason: str = "cancelled", queued_only: bool = False) -> None:
@@ -246,14 +262,14 @@ LINGER_GAP = 0.01  # seconds: once enough tasks are final, a wait for many answe
 LINGER_MAX = 0.2  # seconds: ... and at most this long after enough were final, while completions keep coming
 
 
-VIEW_FIELDS = ("status", "owner", "result", "error")
+VIEW_FIELDS = ("status", "owner", "result", "error", "output")
 
 
 def tasks_view(*, owner, task_ids: list[uuid.UUID]) -> dict[str, TaskView]:
     """The caller's tasks, by id, from Redis in one round trip (the database for those Redis
     forgot); NotFound naming the first id that is not the caller's."""
     who, views, missing = owner_key(owner), {}, []
-    for tid, (status, task_owner, result, error) in zip(
+    for tid, (status, task_owner, result, error, output) in zip(
             task_ids, task_store().fields([str(t) for t in task_ids], VIEW_FIELDS)):
         if status is None:
             missing.append(tid)
@@ -262,12 +278,13 @@ def tasks_view(*, owner, task_ids: list[uuid.UUID]) -> dict[str, TaskView]:
             raise NotFound(f"No task with id {tid}.")
         status = status.decode()
         views[str(tid)] = TaskView(str(tid), status, result if status in FINAL_STATUSES else None,
-                                   (error or b"").decode())
+                                   (error or b"").decode(), (output or b"").decode(errors="replace"))
     if missing:
-        rows = Task.objects.filter(id__in=missing, owner=_owner(owner)).values_list("id", "status", "result", "error")
-        for tid, status, result, error in rows:
+        rows = Task.objects.filter(id__in=missing, owner=_owner(owner)).values_list(
+            "id", "status", "result", "error", "output")
+        for tid, status, result, error, output in rows:
             final = result is not None and status in FINAL_STATUSES
-            views[str(tid)] = TaskView(str(tid), status, bytes(result) if final else None, error or "")
+            views[str(tid)] = TaskView(str(tid), status, bytes(result) if final else None, error or "", output or "")
         for tid in missing:
             if str(tid) not in views:
                 raise NotFound(f"No task with id {tid}.")

@@ -31,10 +31,12 @@ def to_timestamp(value: dt.datetime | None) -> float | None:
 
 
 def queue_entry(task_id, function_id, owner_id: int | None, payload, timeout: float | None,
-                attempt: int = 1, memory_mb: int | None = None, cpu_s: int | None = None) -> QueuedTask:
+                attempt: int = 1, retry: str = "", memory_mb: int | None = None,
+                cpu_s: int | None = None) -> QueuedTask:
     """What Redis queues for one task row (the owner as the store writes it: "" for anonymous)."""
     return QueuedTask(str(task_id), str(function_id), "" if owner_id is None else str(owner_id),
-                      bytes(payload), timeout, attempt, limits.encode(memory_mb and memory_mb * limits.MIB, cpu_s))
+                      bytes(payload), timeout, attempt, retry,
+                      limits.encode(memory_mb and memory_mb * limits.MIB, cpu_s))
 
 
 # --- reading ---------------------------------------------------------------------------
@@ -53,7 +55,8 @@ def queue_entries(task_ids: list, statuses=(TaskStatus.QUEUED.value,)) -> list[Q
     included), in the order of `task_ids`; the attempt is the next one."""
     rows = Task.objects.filter(id__in=task_ids, status__in=statuses).values_list(
         "id", "function_id", "owner_id", "payload", "timeout", "attempts", "memory_limit_mb", "cpu_limit_s")
-    found = {str(tid): queue_entry(tid, fid, owner, payload, timeout, attempts + 1, memory, cpu)
+    found = {str(tid): queue_entry(tid, fid, owner, payload, timeout, attempts + 1, memory_mb=memory,
+                                   cpu_s=cpu)
              for tid, fid, owner, payload, timeout, attempts, memory, cpu in rows}
     return [found[str(t)] for t in task_ids if str(t) in found]
 
@@ -62,11 +65,11 @@ def final_states(task_ids: list[str]) -> list[tuple[Result, dict]]:
     """The final rows among `task_ids`, as results with the record fields a lost Redis hash
     needs (owner, function): what Redis is repaired from."""
     rows = Task.objects.filter(id__in=task_ids, status__in=FINAL_STATUSES).values_list(
-        "id", "status", "result", "error", "started_at", "finished_at", "owner_id", "function_id")
+        "id", "status", "result", "error", "started_at", "finished_at", "owner_id", "function_id", "output")
     return [(Result(str(tid), status, bytes(result or b""), error or "", to_timestamp(started),
-                    to_timestamp(finished)),
+                    to_timestamp(finished), output=output or ""),
              {"owner": "" if owner is None else str(owner), "function_id": str(fid)})
-            for tid, status, result, error, started, finished, owner, fid in rows]
+            for tid, status, result, error, started, finished, owner, fid, output in rows]
 
 
 def running_under(excluded: set[str], dispatched_before: dt.datetime, limit: int = 500) -> list[tuple[str, str]]:
@@ -121,7 +124,8 @@ class FinishReport:
     overruled: list[Settled]  # the row already held another final state: Redis must follow the row
 
 
-_OUTCOME_FIELDS = ["status", "result", "result_size", "error", "started_at", "finished_at", "worker", "attempts"]
+_OUTCOME_FIELDS = ["status", "result", "result_size", "error", "started_at", "finished_at", "worker", "attempts",
+                   "output"]
 
 
 def finish(settled: list[Settled]) -> FinishReport:
@@ -144,7 +148,7 @@ def finish(settled: list[Settled]) -> FinishReport:
         finished = from_timestamp(r.finished_at) or now
         written_at[r.task_id] = finished
         values = [r.status, r.result, len(r.result), r.error, from_timestamp(r.started_at), finished, s.worker_id,
-                  s.attempt]
+                  s.attempt, r.output]
         rows.append([f.get_db_prep_save(v, connection) for f, v in zip(fields, values)]
                     + [meta.pk.get_db_prep_save(uuid.UUID(r.task_id), connection), *UNFINISHED])
     with transaction.atomic():

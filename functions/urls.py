@@ -2,7 +2,7 @@
 
 from django.urls import re_path
 
-from functions import views
+from functions import health, metrics, views
 
 
 def both(path: str, view, name: str):
@@ -18,8 +18,14 @@ urlpatterns = [
     both(r"result/(?P<task_id>[^/]+)", views.ResultView, "task-result"),
     both("results", views.ResultsView, "task-results"),
     both(r"cancel/(?P<task_id>[^/]+)", views.CancelView, "task-cancel"),
-    both(r"functions/(?P<name>[^/]+)/versions", views.FunctionVersionsView, "function-versions"),
+    both("tasks", views.TaskListView, "task-list"),
     both(r"tasks/(?P<task_id>[^/]+)/events", views.TaskEventsView, "task-events"),
     both(r"tasks/(?P<task_id>[^/]+)", views.TaskDetailView, "task-detail"),
+    both("functions", views.FunctionListView, "function-list"),
+    both(r"functions/(?P<name>[^/]+)/versions", views.FunctionVersionsView, "function-versions"),
+    both(r"functions/(?P<function_id>[^/]+)", views.FunctionDetailView, "function-detail"),
     both(r"webhooks/secret", views.WebhookSecretView, "webhook-secret"),
+    re_path(r"^healthz/?$", health.healthz, name="healthz"),
+    re_path(r"^readyz/?$", health.readyz, name="readyz"),
+    re_path(r"^metrics/?$", metrics.metrics, name="metrics"),
 ]

@@ -27,8 +27,10 @@ class BadName(ValueError):
     """A name that could not be told apart from a pinned reference."""
 
 
-def register(*, owner, name: str, payload: bytes) -> tuple[Function, bool]:
-    """The function for these bytes under this name: (existing version, False) or (new one, True)."""
+def register(*, owner, name: str, payload: bytes, retry: dict | None = None) -> tuple[Function, bool]:
+    """The function for these bytes under this name: (existing version, False) or (new one, True).
+    `retry` (a retry policy) is the new version's; given again with the same bytes, it
+    replaces the existing version's policy."""
     if PINNED.match(name):
         raise BadName(f"A function name may not end in @<number> ({name!r}): that spelling picks a version.")
     digest = hashlib.sha256(payload).hexdigest()
@@ -39,10 +41,12 @@ def register(*, owner, name: str, payload: bytes) -> tuple[Function, bool]:
                 same = (_mine(owner).filter(name=name, digest=digest).only("id", "name", "version")
                         .order_by("version").first())
                 if same is not None:
+                    if retry is not None:
+                        Function.objects.filter(id=same.id).update(retry_policy=retry)
                     return same, False
                 latest = _mine(owner).filter(name=name).aggregate(latest=Max("version"))["latest"] or 0
                 return services.function_register(owner=owner, name=name, payload=payload, version=latest + 1,
-                                                  digest=digest), True
+                                                  digest=digest, retry=retry), True
         except IntegrityError:  # a racing registration took that number: look again
             continue
     raise IntegrityError(f"Could not number a new version of {name!r}; retry.")

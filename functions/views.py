@@ -11,7 +11,7 @@ from rest_framework.renderers import BrowsableAPIRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from functions import audit, events, idempotency, services, task_limits, versions, webhooks
+from functions import audit, events, idempotency, listing, services, task_limits, versions, webhooks
 from functions import serializers as s
 from functions.lean import LeanViewMixin, validated
 from workers import serialization
@@ -21,10 +21,16 @@ MAX_WAIT_SECONDS = 60.0  # longest a client may hold a /result long-poll open
 
 def task_body(view: services.TaskView, with_result: bool) -> dict:
     body = {"task_id": view.task_id, "status": view.status}
+    if view.status == "RUNNING" and view.progress is not None:
+        body["progress"], body["progress_message"] = view.progress, view.progress_message
     if with_result:
         body["result"] = serialization.encode(view.result) if view.result is not None else None
         if view.status == "FAILED":
             body["error"] = view.error
+        if view.status in ("COMPLETED", "FAILED"):
+            body["output"] = view.output
+            if view.result is None:  # dropped after FAAS_RESULT_TTL (functions.retention)
+                body["expired"] = True
     return body
 
 
@@ -99,13 +105,15 @@ class ExecuteFunctionView(LeanViewMixin, APIView):
         payload, timeout = data["payload"], data.get("timeout")
         webhook_url = data.get("webhook_url")
         limits = limits_of(function, data)
+        later = {"not_before": s.not_before(data, received_at), "retry": data.get("retry")}
         if key is None:
             task_id = str(services.task_submit_batch(owner=request.user, function=function, payloads=[payload],
                                                      timeout=timeout, received_at=received_at, limits=limits,
-                                                     companions_of=companions(request, function, webhook_url))[0].id)
+                                                     companions_of=companions(request, function, webhook_url),
+                                                     **later)[0].id)
         else:
             task_id = submit_once(request, function, [payload], [key], timeout, received_at, webhook_url,
-                                  limits)[0]
+                                  limits, later)[0]
         queued = {"task_id": task_id}
         if wait:
             try:
@@ -126,6 +134,7 @@ class ExecuteBatchView(LeanViewMixin, APIView):
         payloads, timeout = data["payloads"], data.get("timeout")
         webhook_url = data.get("webhook_url")
         limits = limits_of(function, data)
+        later = {"not_before": s.not_before(data, received_at), "retry": data.get("retry")}
         keys = data.get("idempotency_keys")
         base = request_key(request, data.get("idempotency_key"))
         if keys is None and base is not None:
@@ -133,10 +142,12 @@ class ExecuteBatchView(LeanViewMixin, APIView):
         if keys is None:
             tasks = services.task_submit_batch(owner=request.user, function=function, payloads=payloads,
                                                timeout=timeout, received_at=received_at, limits=limits,
-                                               companions_of=companions(request, function, webhook_url))
+                                               companions_of=companions(request, function, webhook_url),
+                                               **later)
             task_ids = [str(t.id) for t in tasks]
         else:
-            task_ids = submit_once(request, function, payloads, keys, timeout, received_at, webhook_url, limits)
+            task_ids = submit_once(request, function, payloads, keys, timeout, received_at, webhook_url, limits,
+                                   later)
         return Response({"task_ids": task_ids}, status=status.HTTP_201_CREATED)
 
 
@@ -166,12 +177,14 @@ def limits_of(function, data: dict) -> tuple[int | None, int | None]:
     return task_limits.effective(function.id, data.get("memory_mb"), data.get("cpu_seconds"))
 
 
-def submit_once(request, function, payloads, keys, timeout, received_at, webhook_url, limits) -> list[str]:
-    """Queue each keyed call at most once (functions.idempotency); 409 when a key is misused."""
+def submit_once(request, function, payloads, keys, timeout, received_at, webhook_url, limits,
+                later: dict) -> list[str]:
+    """Queue each keyed call at most once (functions.idempotency); 409 when a key is misused.
+    `later` holds the call's not_before and retry policy."""
     try:
         return idempotency.submit_once(owner=request.user, function=function, payloads=payloads, keys=keys,
                                        timeout=timeout, received_at=received_at, limits=limits,
-                                       companions_of=companions(request, function, webhook_url))
+                                       companions_of=companions(request, function, webhook_url), **later)
     except (idempotency.KeyReused, idempotency.KeyBusy) as exc:
         raise Conflict(str(exc)) from None
 
@@ -275,3 +288,60 @@ class TaskDetailView(APIView):
         return Response({"task_id": view.task_id, "status": view.status, "function_id": str(task.function_id),
                          "function": task.function.name, "version": task.function.version,
                          "created_at": task.created_at})
+
+
+# --- listing: a user's own tasks and functions (functions.listing) -------------------------
+
+def _query(serializer_class, request) -> dict:
+    query = serializer_class(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return query.validated_data
+
+
+class TaskListView(APIView):
+    """The caller's tasks, newest first; filter by status, function and creation time, and
+    follow `next` (a cursor) for the following page."""
+
+    @extend_schema(operation_id="tasks_list", parameters=[s.TaskListQuerySerializer],
+                   responses={200: s.TaskPageSerializer})
+    def get(self, request):
+        q = _query(s.TaskListQuerySerializer, request)
+        try:
+            page = listing.tasks_list(owner=request.user, status=q.get("status"), function_id=q.get("function"),
+                                      since=q.get("since"), until=q.get("until"), cursor=q.get("cursor"),
+                                      limit=q["limit"])
+        except listing.BadQuery as exc:
+            raise ValidationError({"cursor": str(exc)}) from None
+        return Response({"results": s.TaskRowSerializer(page.rows, many=True).data, "next": page.next_cursor})
+
+
+class FunctionListView(APIView):
+    """The caller's functions, newest first, without their payloads."""
+
+    @extend_schema(operation_id="functions_list", parameters=[s.FunctionListQuerySerializer],
+                   responses={200: s.FunctionPageSerializer})
+    def get(self, request):
+        q = _query(s.FunctionListQuerySerializer, request)
+        try:
+            page = listing.functions_list(owner=request.user, cursor=q.get("cursor"), limit=q["limit"])
+        except listing.BadQuery as exc:
+            raise ValidationError({"cursor": str(exc)}) from None
+        return Response({"results": s.FunctionRowSerializer(page.rows, many=True).data, "next": page.next_cursor})
+
+
+class FunctionDetailView(APIView):
+    """One function: name, size, when registered, and its tasks counted by status.
+    DELETE removes it and the record of its finished tasks; 409 while any is unfinished."""
+
+    @extend_schema(operation_id="functions_retrieve", responses={200: s.FunctionDetailSerializer})
+    def get(self, request, function_id):
+        return Response(s.FunctionDetailSerializer(listing.function_detail(owner=request.user,
+                                                                           function_id=function_id)).data)
+
+    @extend_schema(operation_id="functions_destroy", responses={200: s.FunctionDeletedSerializer})
+    def delete(self, request, function_id):
+        try:
+            removed = listing.function_delete(owner=request.user, function_id=function_id)
+        except listing.FunctionInUse as exc:
+            return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
+        return Response({"function_id": str(function_id), "deleted_tasks": removed})

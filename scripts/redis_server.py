@@ -18,6 +18,8 @@ from pathlib import Path
 
 import redis
 
+from functions.taskstore import TaskStore
+
 CA_FILE, CERT_FILE, KEY_FILE = "ca.crt", "redis.crt", "redis.key"
 
 
@@ -86,17 +88,17 @@ class RedisServer:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True,  # a Ctrl-C meant for a launcher must not stop Redis before its clients
         )
-        client = redis.Redis.from_url(self.url)
+        store = TaskStore.connect(self.url)  # ready once the platform's own client gets an answer
         deadline = time.monotonic() + timeout
         while True:
             try:
-                client.ping()
+                store.ping()
                 break
             except redis.ConnectionError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"redis-server did not start on port {self.port}") from None
                 time.sleep(0.02)
-        client.close()
+        store.close()
         return self
 
     def stop(self) -> None:

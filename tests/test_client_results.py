@@ -149,3 +149,19 @@ def test_a_refused_submit_reaches_only_its_own_futures(client):
         assert good.result(timeout=60) == 3 and bad.result(timeout=60) == 3
         with pytest.raises(Exception, match="No function with id"):
             unknown.result(timeout=60)
+
+
+def test_a_vanished_task_among_those_fetched_ahead_does_not_fail_another_result(client, redis_client):
+    from functions.models import Task
+    from functions.taskstore import keys
+
+    function_id = client.register(ff.add)
+    gone, kept = client.submit(function_id, 1, 1), client.submit(function_id, 2, 2)
+    assert client.result([gone, kept], timeout=60) == [2, 4]
+    kept_again = client.submit(function_id, 3, 3)
+    client.collector.submitted([gone])  # as if its result had never been fetched: it is asked after again
+    Task.objects.filter(id=gone).delete()
+    redis_client.delete(keys.task_key(gone))
+    counted = Counted(client)
+    assert client.result(kept_again, timeout=60) == 6  # the 404 for `gone` is not this task's error
+    assert counted.counts["POST /results"] == 1 and counted.waits() == 2

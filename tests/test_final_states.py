@@ -209,7 +209,7 @@ def test_running_tasks_lost_with_their_dispatcher_and_redis_are_settled(transact
 def test_workers_lost_by_a_paused_dispatcher_are_shown_alive_once_it_resumes(stack):
     """Case 6: a dispatcher paused long enough to declare its workers dead, then resumed:
     both workers register again and stay shown alive."""
-    platform = start_platform(stack, "push", 1, "--heartbeat-interval", "0.3", "--heartbeat-liveness", "3")
+    platform = start_platform(stack, "push", 1, "--heartbeat-interval", "0.5", "--heartbeat-liveness", "4")
     platform.add_worker(1)
     pids = [w.pid for w in platform.workers]
     wait_until(lambda: Worker.objects.filter(pid__in=pids, alive=True).count() == 2, timeout=20)

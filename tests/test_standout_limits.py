@@ -23,7 +23,7 @@ MIB = 1024 * 1024
 
 def task(func, *args, memory_mb=None, cpu=None, deadline_s=None) -> Task:
     return Task(str(uuid.uuid4()), f"f-{func.__name__}", dumps(func), dumps((args, {})), deadline_s,
-                memory_mb and memory_mb * MIB, cpu)
+                memory_bytes=memory_mb and memory_mb * MIB, cpu_seconds=cpu)
 
 
 def run(pool: ProcessPool, job: Task, timeout: float = 30.0):

@@ -137,3 +137,22 @@ def test_admin_shows_versions_and_the_tasks_each_ran(admin_client, alice):
     assert f"function__id__exact={two['function_id']}\">0 task(s)" in page
     tasks = admin_client.get("/admin/functions/task/").content.decode()
     assert "calc@1" in tasks
+
+
+@pytest.mark.django_db
+def test_listing_detail_and_version_routes_coexist_after_the_operator_merge(alice):
+    """GET /tasks (operator's listing), /tasks/<id> and /tasks/<id>/events (issue 16),
+    /functions/<id> (operator's detail) and /functions/<name>/versions each answer as themselves."""
+    first = register(alice, fs.version_one)
+    task = alice.post("/execute_function", {"function": "calc", "payload": serialize(((2,), {}))}, format="json")
+    assert task.status_code == 201, task.content
+    task_id = task.json()["task_id"]
+    listed = alice.get("/tasks")
+    assert listed.status_code == 200 and [t["task_id"] for t in listed.json()["results"]] == [task_id]
+    detail = alice.get(f"/tasks/{task_id}/")
+    assert detail.status_code == 200 and detail.json()["function"] == "calc" and detail.json()["version"] == 1
+    assert alice.get(f"/tasks/{uuid.uuid4()}/events").status_code == 404
+    function = alice.get(f"/functions/{first['function_id']}")
+    assert function.status_code == 200 and function.json()["name"] == "calc"
+    versions = alice.get("/functions/calc/versions")
+    assert versions.status_code == 200 and [v["version"] for v in versions.json()] == [1]

@@ -32,3 +32,9 @@ class PayloadError(ValueError):
 
 class PayloadTooLarge(PayloadError):
     """Raised when a payload is over the configured size cap."""
+
+
+class SoftTimeLimitExceeded(FaaSException):
+    """Raised inside a running function when its soft time limit passes, so it can clean up
+    (as Celery's exception of the same name); uncaught, it FAILS the task. The hard
+    deadline still kills the process later."""

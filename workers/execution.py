@@ -7,12 +7,14 @@ Standard library and dill only.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
 from collections.abc import Callable
 
 from workers.exceptions import FunctionFailedException
 from workers.protocol import Result, TaskStatus
+from workers.retrying import matches
 from workers.serialization import dumps, loads
 
 FUNCTION_CACHE_SIZE = 64  # unpickled functions one child keeps, oldest dropped first
@@ -29,11 +31,14 @@ def run_call(
     function_cache: dict | None = None,
     *,
     function_id: str | None = None,
+    retry_on: tuple[str, ...] = (),
 ) -> Result:
     """Run one serialized call and return its serialized outcome; never raises.
 
     `function_cache` maps `function_id` (or, without one, the function bytes) to the
-    unpickled callable, so a child running the same function again skips dill.
+    unpickled callable, so a child running the same function again skips dill. An
+    exception of a class named in `retry_on` marks the result as one to retry (its
+    task's retry policy decides whether any retry is left).
     """
     started_at = time.time()
     try:
@@ -44,7 +49,8 @@ def run_call(
     try:
         value = func(*args, **kwargs)
     except BaseException as exc:  # SystemExit too: a function calling sys.exit fails only its task
-        return _raised(task_id, exc, started_at, max_result_bytes)
+        result = _raised(task_id, exc, started_at, max_result_bytes)
+        return dataclasses.replace(result, retry=True) if retry_on and matches(exc, retry_on) else result
     return _completed(task_id, value, max_result_bytes, started_at)
 
 

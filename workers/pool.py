@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import dataclasses
 import logging
 import math
 import multiprocessing
@@ -26,10 +27,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
-from workers import execution, limits
-from workers.exceptions import ProtocolError, WorkerFailureException
+from workers import execution, limits, progress
+from workers.capture import OutputCapture
+from workers.exceptions import ProtocolError, SoftTimeLimitExceeded, WorkerFailureException
 from workers.protocol import Result, Task, TaskStatus
+from workers.recycling import ChildLimits
 from workers.serialization import DEFAULT_MAX_PAYLOAD_BYTES, dumps
+from workers.softlimit import SoftLimit
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +52,12 @@ RESTART_BACKOFF_MAX = 5.0  # ceiling on the delay between restarts of children t
 # Parent <-> child frames. struct, not pickle, in the child-to-parent direction: the child
 # runs user code, and the parent (the dispatcher, in local mode) must never unpickle
 # anything that code could have written.
-_TASK_HEAD = struct.Struct("!HHIIQQQ")  # lengths: task id, function id, function, arguments; result cap;
-# memory limit (bytes) and CPU limit (seconds), 0 for none
-_RESULT_HEAD = struct.Struct("!cddI")  # status, started_at, finished_at (NaN for None), error length
+_TASK_HEAD = struct.Struct("!HHIIHQdQQ")  # lengths: task id, function id, function, arguments, retry-on names;
+# result cap; soft limit; memory limit (bytes) and CPU limit (seconds), 0 for none
+_RESULT_HEAD = struct.Struct("!c?ddII")  # status, retry, started_at, finished_at (NaN for None), error, output lengths
 _READY = b"R"  # child -> parent, once, when it can take a task
+_PROGRESS = b"P"  # child -> parent, any number while a task runs: then a double and the message
+_PROGRESS_HEAD = struct.Struct("!cd")
 _STATUS_BYTES = {TaskStatus.COMPLETED.value: b"C", TaskStatus.FAILED.value: b"F"}
 _BYTES_STATUS = {v: k for k, v in _STATUS_BYTES.items()}
 
@@ -76,21 +82,26 @@ class Slot:
     lost: bool = False  # no longer talked to (pipe broke, or killed); waiting for the exit
     killed: bool = False  # SIGKILL sent
     kill_reason: str | None = None  # overrides the exit status in the failure message
+    tasks_done: int = 0  # tasks this child has finished, for recycling
+    recycled: str | None = None  # why this child is being replaced between tasks
 
 
 class ProcessPool:
     """N spawned children, each running one task at a time; see the module docstring."""
 
-    def __init__(self, size: int, *, max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES):
+    def __init__(self, size: int, *, max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+                 limits: ChildLimits | None = None):
         if size < 1:
             raise ValueError("a pool needs at least one process")
         self._size = size
         self._max_result_bytes = max_result_bytes
+        self._limits = limits if limits is not None and limits.any else None
         self._slots: list[Slot] = []
         self._by_task: dict[str, Slot] = {}
         self._by_fd: dict[int, tuple[Slot, bool]] = {}  # fd -> (slot, is the pipe)
         self._poller = select.poll()
         self._dying: list[BaseProcess] = []  # given up on after SIGKILL; reaped when they go
+        self._progress: dict[str, tuple[float, str]] = {}  # task id -> latest report not yet taken
         self._restart_at = time.monotonic()  # a real time, so next_deadline() is never a falsy 0.0
         self._boot_failures = 0
         self._started = self._closed = False
@@ -157,6 +168,11 @@ class ProcessPool:
     @property
     def busy(self) -> int:
         return len(self._by_task)
+
+    def take_progress(self) -> dict[str, tuple[float, str]]:
+        """Progress reported by running tasks since the last call: task id -> (fraction, message)."""
+        taken, self._progress = self._progress, {}
+        return taken
 
     def holding(self) -> list[str]:
         """Ids of the tasks in flight, including those whose process is being killed."""
@@ -243,7 +259,7 @@ class ProcessPool:
             if not slot.lost:
                 self._receive(slot, results)
         for slot in exits:
-            if not slot.lost and slot.conn.poll(0):
+            while not slot.lost and slot.task_id is not None and slot.conn.poll(0):  # progress, then the result
                 self._receive(slot, results)
             self._retire(slot, results)
         self._enforce_deadlines(time.monotonic(), results)
@@ -262,6 +278,9 @@ class ProcessPool:
         if not slot.ready and frame == _READY:
             slot.ready, slot.deadline, self._boot_failures = True, None, 0
             return
+        if frame[:1] == _PROGRESS and slot.task_id is not None:
+            self._receive_progress(slot, frame)
+            return
         try:
             if slot.task_id is None:
                 raise ProtocolError("message while holding no task")
@@ -271,10 +290,36 @@ class ProcessPool:
             self._kill(slot, "process sent a malformed message")
             return
         results.append(result)
+        self._progress.pop(slot.task_id, None)  # the result supersedes it
         del self._by_task[slot.task_id]
         slot.task_id = slot.deadline = slot.deadline_s = None
         if slot.memory_bytes and result.error == f"WorkerFailureException: {limits.memory_reason(slot.memory_bytes)}":
             self._lose(slot, PIPE_GRACE)  # the child exits after this result: it must get no other task
+        elif self._limits is not None:
+            self._recycle_if_due(slot)
+
+    def _receive_progress(self, slot: Slot, frame: bytes) -> None:
+        if len(frame) < _PROGRESS_HEAD.size:
+            log.error("pool process %d sent a malformed progress report; killing it", slot.pid)
+            self._kill(slot, "process sent a malformed message")
+            return
+        _, fraction = _PROGRESS_HEAD.unpack_from(frame)
+        if math.isfinite(fraction):
+            self._progress[slot.task_id] = (min(1.0, max(0.0, fraction)),
+                                            frame[_PROGRESS_HEAD.size:].decode("utf-8", "replace")[:200])
+
+    def _recycle_if_due(self, slot: Slot) -> None:
+        """Between tasks: replace a child that ran its share of tasks or grew too large. It
+        is told to go by the closing of its pipe and exits by itself; collect() then
+        starts its replacement as for any exit."""
+        slot.tasks_done += 1
+        reason = self._limits.reason_to_recycle(slot.tasks_done, slot.pid)
+        if reason is None:
+            return
+        log.info("pool process %d: %s; replacing it", slot.pid, reason)
+        slot.recycled = reason
+        self._lose(slot, KILL_GRACE)
+        slot.conn.close()
 
     def _enforce_deadlines(self, now: float, results: list[Result]) -> None:
         for slot in [s for s in self._slots if s.deadline is not None and s.deadline <= now]:
@@ -322,7 +367,8 @@ class ProcessPool:
             self._restart_at = time.monotonic() + delay
             log.error("pool process %d died while starting (%s); retrying in %.1f s", slot.pid, reason, delay)
         else:
-            log.warning("idle pool process %d: %s; starting a replacement", slot.pid, reason)
+            if slot.recycled is None:
+                log.warning("idle pool process %d: %s; starting a replacement", slot.pid, reason)
 
     def _refill(self) -> None:
         self._dying = [p for p in self._dying if p.exitcode is None]
@@ -400,40 +446,51 @@ def _death_fd(process: BaseProcess) -> tuple[int, bool]:
 
 def _encode_task(task: Task, max_result_bytes: int) -> bytes:
     task_id, function_id = task.task_id.encode(), (task.function_id or "").encode()
-    head = _TASK_HEAD.pack(len(task_id), len(function_id), len(task.function), len(task.arguments), max_result_bytes,
-                           task.memory_bytes or 0, task.cpu_seconds or 0)
-    return b"".join((head, task_id, function_id, task.function, task.arguments))
+    retry_on = "\n".join(task.retry_on).encode()
+    soft = math.nan if task.soft_deadline_s is None else task.soft_deadline_s
+    head = _TASK_HEAD.pack(len(task_id), len(function_id), len(task.function), len(task.arguments), len(retry_on),
+                           max_result_bytes, soft, task.memory_bytes or 0, task.cpu_seconds or 0)
+    return b"".join((head, task_id, function_id, task.function, task.arguments, retry_on))
 
 
-def _decode_task(frame: bytes) -> tuple[str, str, bytes, bytes, int, int, int]:
+def _decode_task(frame: bytes) -> tuple[str, str, bytes, bytes, tuple[str, ...], int, float, int, int]:
     lengths = _TASK_HEAD.unpack_from(frame)
     fields, at = [], _TASK_HEAD.size
-    for n in lengths[:4]:
+    for n in lengths[:5]:
         fields.append(frame[at:at + n])
         at += n
-    return fields[0].decode(), fields[1].decode(), fields[2], fields[3], lengths[4], lengths[5], lengths[6]
+    retry_on = tuple(fields[4].decode().split("\n")) if fields[4] else ()
+    return (fields[0].decode(), fields[1].decode(), fields[2], fields[3], retry_on, lengths[5], lengths[6],
+            lengths[7], lengths[8])
 
 
 def _encode_result(result: Result) -> bytes:
     """The child's answer for the task it holds (the parent knows which: the id is not sent)."""
     error = result.error.encode("utf-8", "replace")
+    output = result.output.encode("utf-8", "replace")
     started = math.nan if result.started_at is None else result.started_at
     finished = math.nan if result.finished_at is None else result.finished_at
-    head = _RESULT_HEAD.pack(_STATUS_BYTES[result.status], started, finished, len(error))
-    return b"".join((head, error, result.result))
+    head = _RESULT_HEAD.pack(_STATUS_BYTES[result.status], result.retry, started, finished, len(error), len(output))
+    return b"".join((head, error, output, result.result))
+
+
+def _encode_progress(fraction: float, message: str) -> bytes:
+    return _PROGRESS_HEAD.pack(_PROGRESS, fraction) + message.encode("utf-8", "replace")
 
 
 def _decode_result(frame: bytes, task_id: str) -> Result:
     """Parse a child's result frame; it is untrusted, so check every length."""
     if len(frame) < _RESULT_HEAD.size:
         raise ProtocolError(f"result frame of {len(frame)} bytes")
-    status, started, finished, error_len = _RESULT_HEAD.unpack_from(frame)
+    status, retry, started, finished, error_len, output_len = _RESULT_HEAD.unpack_from(frame)
     at = _RESULT_HEAD.size
-    if status not in _BYTES_STATUS or error_len > len(frame) - at:
+    if status not in _BYTES_STATUS or error_len + output_len > len(frame) - at:
         raise ProtocolError("bad result header")
     error = frame[at:at + error_len].decode("utf-8", "replace")
-    return Result(task_id, _BYTES_STATUS[status], frame[at + error_len:], error,
-                  None if math.isnan(started) else started, None if math.isnan(finished) else finished)
+    output = frame[at + error_len:at + error_len + output_len].decode("utf-8", "replace")
+    return Result(task_id, _BYTES_STATUS[status], frame[at + error_len + output_len:], error,
+                  None if math.isnan(started) else started, None if math.isnan(finished) else finished,
+                  retry=retry, output=output)
 
 
 def _child_main(conn: Connection, parent_pid: int) -> None:
@@ -444,12 +501,16 @@ def _child_main(conn: Connection, parent_pid: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     limits.install_cpu_handler()
     cache: dict = {}
+    capture, soft = OutputCapture(), SoftLimit()
+    capture.install_logging()
+    progress.install(lambda fraction, message: conn.send_bytes(_encode_progress(fraction, message)))
     try:
         conn.send_bytes(_READY)
         while True:
-            task_id, function_id, function, arguments, max_result_bytes, memory, cpu = _decode_task(conn.recv_bytes())
+            (task_id, function_id, function, arguments, retry_on, max_result_bytes, soft_s, memory,
+             cpu) = _decode_task(conn.recv_bytes())
             result, worn = _limited_call(task_id, function_id, function, arguments, max_result_bytes, cache,
-                                         memory, cpu)
+                                         memory, cpu, capture, soft.armed(soft_s), retry_on)
             conn.send_bytes(_encode_result(result))
             if worn:  # a heap that ran out of room is not trusted with the next task
                 return
@@ -540,9 +601,9 @@ def _exists(pid: int) -> bool:
         return True
 
 
-def _limited_call(task_id, function_id, function, arguments, max_result_bytes, cache, memory: int,
-                  cpu: int) -> tuple[Result, bool]:
-    """run_call inside the task's resource limits (workers.limits); (result, whether the
+def _limited_call(task_id, function_id, function, arguments, max_result_bytes, cache, memory: int, cpu: int,
+                  capture: OutputCapture, soft: SoftLimit, retry_on: tuple[str, ...]) -> tuple[Result, bool]:
+    """_run_task inside the task's resource limits (workers.limits); (result, whether the
     child must be replaced). A MemoryError under a memory limit is the limit's failure."""
     try:
         lift = limits.apply(memory, cpu)
@@ -551,12 +612,29 @@ def _limited_call(task_id, function_id, function, arguments, max_result_bytes, c
         return Result(task_id, TaskStatus.FAILED.value, dumps(WorkerFailureException(reason)),
                       f"WorkerFailureException: {reason}", time.time(), time.time()), False
     try:
-        result = execution.run_call(task_id, function, arguments, max_result_bytes, cache,
-                                    function_id=function_id or None)
+        result = _run_task(task_id, function, arguments, max_result_bytes, cache, function_id or None,
+                           capture, soft, retry_on)
     finally:
         lift()
     if memory and result.status == TaskStatus.FAILED.value and "MemoryError" in result.error.partition("\n")[0]:
         reason = limits.memory_reason(memory)
-        return Result(task_id, TaskStatus.FAILED.value, dumps(WorkerFailureException(reason)),
-                      f"WorkerFailureException: {reason}", result.started_at, result.finished_at), True
+        return dataclasses.replace(result, result=dumps(WorkerFailureException(reason)), retry=False,
+                                   error=f"WorkerFailureException: {reason}"), True
     return result, False
+
+
+def _run_task(task_id: str, function: bytes, arguments: bytes, max_result_bytes: int, cache: dict,
+              function_id: str | None, capture: OutputCapture, soft: SoftLimit,
+              retry_on: tuple[str, ...] = ()) -> Result:
+    """One call in the child, its output captured and its soft limit armed."""
+    started = time.time()
+    progress.task_started()
+    try:
+        with capture, soft:
+            result = execution.run_call(task_id, function, arguments, max_result_bytes, cache,
+                                        function_id=function_id, retry_on=retry_on)
+    except SoftTimeLimitExceeded as exc:  # the limit fired just as the function returned
+        result = Result(task_id, TaskStatus.FAILED.value, dumps(exc), f"SoftTimeLimitExceeded: {exc}", started,
+                        time.time())
+    output = capture.text()
+    return dataclasses.replace(result, output=output) if output else result

@@ -20,6 +20,9 @@ HEARTBEAT_LIVENESS = 3  # missed beats before a peer is declared dead
 RECONNECT_INTERVAL_INIT = 0.5  # first back-off before a worker reconnects, seconds
 RECONNECT_INTERVAL_MAX = 8.0  # back-off ceiling, seconds
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # ZeroMQ MAXMSGSIZE: several payloads near the 16 MiB cap
+# A worker's goodbye after it finished and reported everything it held: whatever the
+# dispatcher still counts as sent to it never reached it.
+CLEAN_GOODBYE = "worker stopping, holding nothing"
 
 
 class TaskStatus(str, enum.Enum):
@@ -40,6 +43,7 @@ class Kind(bytes, enum.Enum):
     TASKS = b"TASKS"  # dispatcher -> worker: one or more tasks
     RESULTS = b"RESULTS"  # worker -> dispatcher: one or more results
     CANCEL = b"CANCEL"  # dispatcher -> worker: stop these tasks' processes
+    PROGRESS = b"PROGRESS"  # worker -> dispatcher: how far running tasks have got
     HEARTBEAT = b"HEARTBEAT"  # both ways
     DISCONNECT = b"DISCONNECT"  # both ways: I am going away
 
@@ -68,6 +72,8 @@ class Task:
     function: bytes  # dill bytes, opaque to the dispatcher
     arguments: bytes  # dill bytes of ((args...), {kwargs})
     deadline_s: float | None = None
+    soft_deadline_s: float | None = None  # seconds before SoftTimeLimitExceeded is raised in the function
+    retry_on: tuple[str, ...] = ()  # exception class names that make a failure retryable (its retry policy)
     memory_bytes: int | None = None  # resource limits of the call (workers.limits); None: none
     cpu_seconds: int | None = None
 
@@ -83,6 +89,7 @@ class Result:
     started_at: float | None = None  # wall clock, seconds
     finished_at: float | None = None
     retry: bool = False  # the worker says this failure may be retried (its process died under it)
+    output: str = ""  # what the function printed or logged: the tail, capped in the pool child
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,11 @@ class Results:
 
 
 @dataclass(frozen=True)
+class Progress:
+    updates: tuple[tuple[str, float, str], ...]  # (task id, fraction 0..1, message)
+
+
+@dataclass(frozen=True)
 class Cancel:
     task_ids: tuple[str, ...]
 
@@ -122,7 +134,7 @@ class Disconnect:
     reason: str = ""
 
 
-Message = Register | Request | Tasks | Results | Cancel | Heartbeat | Disconnect
+Message = Register | Request | Tasks | Results | Cancel | Heartbeat | Disconnect | Progress
 
 
 def _header(obj) -> bytes:
@@ -137,20 +149,33 @@ def encode(msg: Message) -> list[bytes]:
         case Request(free, info):
             return [VERSION, Kind.REQUEST.value, _header({"free": free, **_info_fields(info)})]
         case Tasks(tasks):
-            head = [[t.task_id, t.function_id, t.deadline_s, t.memory_bytes, t.cpu_seconds] for t in tasks]
+            head = [[t.task_id, t.function_id, t.deadline_s, *_task_options(t)] for t in tasks]
             blobs = [b for t in tasks for b in (t.function, t.arguments)]
             return [VERSION, Kind.TASKS.value, _header(head), *blobs]
         case Results(results, free):
             head = {"free": free, "r": [[r.task_id, r.status, r.error, r.started_at, r.finished_at, r.retry]
                                      for r in results]}
+            if any(r.output for r in results):  # by position, only where there is some: most tasks print nothing
+                head["o"] = {str(i): r.output for i, r in enumerate(results) if r.output}
             return [VERSION, Kind.RESULTS.value, _header(head), *(r.result for r in results)]
         case Cancel(task_ids):
             return [VERSION, Kind.CANCEL.value, _header(list(task_ids))]
+        case Progress(updates):
+            return [VERSION, Kind.PROGRESS.value, _header([list(u) for u in updates])]
         case Heartbeat(busy):
             return [VERSION, Kind.HEARTBEAT.value, _header({"busy": busy})]
         case Disconnect(reason):
             return [VERSION, Kind.DISCONNECT.value, _header({"reason": reason})]
     raise ProtocolError(f"cannot encode {type(msg).__name__}")
+
+
+def _task_options(t: Task) -> list:
+    """The optional tail of a task's header row (soft deadline, retry_on, memory, cpu): only as
+    long as it needs to be."""
+    tail = [t.soft_deadline_s, list(t.retry_on), t.memory_bytes, t.cpu_seconds]
+    while tail and not tail[-1]:
+        tail.pop()
+    return tail
 
 
 def _info_fields(info: WorkerInfo) -> dict:
@@ -190,8 +215,10 @@ def _decode_tasks(head, blobs) -> Tasks:
         raise ProtocolError(f"TASKS header names {len(head)} tasks but {len(blobs)} blobs follow")
     return Tasks(tuple(
         Task(str(tid), str(fid), blobs[2 * i], blobs[2 * i + 1], None if dl is None else float(dl),
-             *(None if v is None else int(v) for v in (limits + [None, None])[:2]))
-        for i, (tid, fid, dl, *limits) in enumerate(head)  # limits are absent from older dispatchers
+             float(rest[0]) if rest and rest[0] is not None else None,
+             tuple(str(n) for n in rest[1]) if len(rest) > 1 and rest[1] else (),
+             *(None if v is None else int(v) for v in (rest[2:4] + [None, None])[:2]))
+        for i, (tid, fid, dl, *rest) in enumerate(head)  # the optional tail is absent from older dispatchers
     ))
 
 
@@ -199,12 +226,12 @@ def _decode_results(head, blobs) -> Results:
     rows = head["r"]
     if len(blobs) != len(rows):
         raise ProtocolError(f"RESULTS header names {len(rows)} results but {len(blobs)} blobs follow")
-    results = []
-    for (tid, status, error, started, finished, *rest), blob in zip(rows, blobs):
+    results, outputs = [], head.get("o") or {}
+    for i, ((tid, status, error, started, finished, *rest), blob) in enumerate(zip(rows, blobs)):
         if status not in FINAL_STATUSES:
             raise ProtocolError(f"result for {str(tid)[:64]} has status {str(status)[:16]!r}, not a final one")
         results.append(Result(str(tid), str(status), blob, str(error or ""), _time(started), _time(finished),
-                              bool(rest and rest[0])))
+                              bool(rest and rest[0]), str(outputs.get(str(i), ""))))
     return Results(tuple(results), free=int(head.get("free", 0)))
 
 
@@ -218,6 +245,7 @@ _DECODERS = {
     Kind.TASKS: _decode_tasks,
     Kind.RESULTS: _decode_results,
     Kind.CANCEL: lambda head, blobs: Cancel(tuple(str(t) for t in head)),
+    Kind.PROGRESS: lambda head, blobs: Progress(tuple((str(t), float(f), str(m)) for t, f, m in head)),
     Kind.HEARTBEAT: lambda head, blobs: Heartbeat(int(head.get("busy", 0))),
     Kind.DISCONNECT: lambda head, blobs: Disconnect(str(head.get("reason", ""))),
 }

@@ -22,6 +22,7 @@ import zmq
 
 from workers import environment, protocol
 from workers.pool import ProcessPool
+from workers.recycling import ChildLimits
 from workers.serialization import DEFAULT_MAX_PAYLOAD_BYTES
 
 log = logging.getLogger(__name__)
@@ -108,7 +109,8 @@ class RemoteWorker:
                  key_name: str = "worker",
                  heartbeat_interval: float = protocol.HEARTBEAT_INTERVAL,
                  heartbeat_liveness: int = protocol.HEARTBEAT_LIVENESS,
-                 max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, clock=time.monotonic):
+                 max_result_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES, limits: ChildLimits | None = None,
+                 clock=time.monotonic):
         self.mode = mode
         self.processes = processes
         self.endpoint = endpoint
@@ -118,7 +120,7 @@ class RemoteWorker:
         self.liveness = Liveness(heartbeat_interval, heartbeat_liveness)
         self.clock = clock
         self.identity = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}".encode()
-        self.pool = ProcessPool(processes, max_result_bytes=max_result_bytes)
+        self.pool = ProcessPool(processes, max_result_bytes=max_result_bytes, limits=limits)
         self.backlog: deque[protocol.Task] = deque()  # sent to us while every process was busy
         self.unconfirmed = Unconfirmed(self.liveness.ttl)
         self.reconnect_at: float | None = None  # the dispatcher went silent: when to try a new socket
@@ -152,7 +154,9 @@ class RemoteWorker:
 
     def shutdown(self) -> None:
         if self.socket is not None:
-            self.send(protocol.Disconnect("worker stopping"))
+            busy = self.pool.busy + len(self.backlog)
+            self.send(protocol.Disconnect(protocol.CLEAN_GOODBYE if not busy
+                                          else f"worker stopped with {busy} task(s) unfinished"))
             # A moment to flush: the last results may still sit in ZeroMQ's queue.
             self.socket.close(linger=SHUTDOWN_LINGER_MS)
         self.pool.close()
@@ -294,6 +298,9 @@ class RemoteWorker:
 
     def finish_results(self, now: float) -> None:
         results = tuple(self.pool.collect())
+        reports = self.pool.take_progress()
+        if reports:  # before the results: a report never overtakes its task's end
+            self.send(protocol.Progress(tuple((t, f, m) for t, (f, m) in reports.items())))
         if results:
             # Each finished task frees a process: in pull mode that is a request for one more.
             free = 0 if self.stopping else len(results)
@@ -312,12 +319,20 @@ def main(mode: str, argv=None) -> int:
     parser.add_argument("--heartbeat-interval", type=float, default=protocol.HEARTBEAT_INTERVAL)
     parser.add_argument("--heartbeat-liveness", type=int, default=protocol.HEARTBEAT_LIVENESS)
     parser.add_argument("--max-result-bytes", type=int, default=DEFAULT_MAX_PAYLOAD_BYTES)
+    parser.add_argument("--max-tasks-per-child", type=int, default=None,
+                        help="replace a process after this many tasks")
+    parser.add_argument("--max-memory-per-child", type=int, default=None,
+                        help="replace a process whose resident memory passed this many KiB (after its task)")
     args = parser.parse_args(argv)
     if args.processes < 1:
         parser.error("processes must be at least 1")
+    try:
+        limits = ChildLimits(args.max_tasks_per_child, args.max_memory_per_child)
+    except ValueError as exc:
+        parser.error(str(exc))
     logging.basicConfig(level=os.environ.get("FAAS_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     RemoteWorker(mode, args.processes, args.endpoint, keys_dir=args.keys_dir, key_name=args.key_name,
                  heartbeat_interval=args.heartbeat_interval, heartbeat_liveness=args.heartbeat_liveness,
-                 max_result_bytes=args.max_result_bytes).run()
+                 max_result_bytes=args.max_result_bytes, limits=limits).run()
     return 0

@@ -11,6 +11,9 @@ CONTROL_CHANNEL = "faas:control"  # JSON commands to dispatchers: cancel a task,
 WAKE_CHANNEL = "faas:wake"  # published with every submit, so an idle dispatcher claims at once
 DISPATCHER_KEY = "faas:dispatcher:{consumer}"  # expires when a dispatcher stops refreshing it
 THROUGHPUT_KEY = "faas:done-per-second"  # hash: unix second -> tasks finished, for the dashboard chart
+DELAYED_KEY = "faas:delayed"  # sorted set: task id -> unix time it may run (countdown/eta)
+DELAYED_ENTRY = "delayed"  # a waiting task's `entry`: no stream entry may run it before its time
+LOCK_KEY = "faas:lock:{name}"  # a periodic job one dispatcher at a time does, with its holder
 
 DISPATCHER_TTL = 6  # seconds; a dispatcher silent this long is dead and its entries are reclaimed
 THROUGHPUT_WINDOW = 600  # seconds of throughput history kept

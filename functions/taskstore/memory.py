@@ -12,7 +12,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 
-from functions.taskstore.keys import DISPATCHER_TTL, DONE_INLINE_BYTES, THROUGHPUT_WINDOW
+from functions.taskstore import metrics
+from functions.taskstore.keys import DELAYED_ENTRY, DISPATCHER_TTL, DONE_INLINE_BYTES, THROUGHPUT_WINDOW
 from functions.taskstore.records import Claim, Claimed, QueueDepth, QueuedTask, parse_done
 from workers.protocol import FINAL_STATUSES, Result
 
@@ -45,6 +46,10 @@ class MemoryTaskStore:
         self.throughput_counts: dict[int, int] = {}
         self.listeners: list = []
         self.run_id = "memory-1"
+        self.counters: dict[str, float] = {}
+        self.lags: dict[str, tuple[float, float]] = {}  # consumer -> (lag, expiry)
+        self.locks: dict[str, tuple[str, float]] = {}  # name -> (holder, expiry)
+        self.delayed: dict[str, float] = {}  # task id -> unix time it may run
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -71,8 +76,8 @@ class MemoryTaskStore:
         for listener in self.listeners:
             listener.deliver(channel, data)
 
-    def _publish_done(self, task_id: str, status: bytes, result: bytes, error: bytes) -> None:
-        if len(result) + len(error) <= DONE_INLINE_BYTES:
+    def _publish_done(self, task_id: str, status: bytes, result: bytes, error: bytes, quiet: bool = False) -> None:
+        if not quiet and len(result) + len(error) <= DONE_INLINE_BYTES:
             data = status + b"\n" + str(len(error)).encode() + b"\n" + error + result
         else:
             data = status
@@ -89,14 +94,27 @@ class MemoryTaskStore:
     def put_function(self, function_id, owner_id: str, payload: bytes) -> None:
         self.functions[str(function_id)] = payload
 
+    def drop_function(self, function_id) -> None:
+        self.functions.pop(str(function_id), None)
+
     def function_payloads(self, function_ids: list[str]) -> dict[str, bytes]:
         return {f: self.functions[f] for f in function_ids if f in self.functions}
 
     # --- the web side -----------------------------------------------------------------
 
     def enqueue(self, tasks: list[QueuedTask], received_at: float | None = None, *,
-                only_missing: bool = False) -> list[int]:
+                only_missing: bool = False, not_before: float | None = None) -> list[int]:
         now = time.time()
+        if not_before is not None and not_before > now and not only_missing:
+            for q in tasks:
+                self.tasks[q.task_id] = {
+                    "status": b"QUEUED", "owner": _b(q.owner_id), "function_id": _b(q.function_id),
+                    "received_at": _b(received_at or now), "queued_at": _b(now), "attempts": _b(q.attempt - 1),
+                    **self._delayed_fields(q, not_before)}
+                self.expiry.pop(q.task_id, None)
+                self.delayed[q.task_id] = not_before
+                self.add_metrics({metrics.field(metrics.SUBMITTED, function=q.function_id): 1})
+            return list(range(1, len(tasks) + 1))
         queued = []
         for i, q in enumerate(tasks, start=1):
             if only_missing and self._record(q.task_id) is not None:
@@ -107,6 +125,7 @@ class MemoryTaskStore:
                                      "attempts": _b(q.attempt - 1), "entry": entry_id}
             self.expiry.pop(q.task_id, None)
             queued.append(i)
+            self.add_metrics({metrics.field(metrics.SUBMITTED, function=q.function_id): 1})
         if queued:
             self._publish("wake", str(len(queued)).encode())
         return queued
@@ -137,8 +156,51 @@ class MemoryTaskStore:
             record["finished_at"] = _b(r.finished_at)
         if stored_at is not None:
             record["stored_at"] = _b(stored_at)
+        if r.output:
+            record["output"] = _b(r.output)
         self.expiry[r.task_id] = self.clock() + ttl
-        self._publish_done(r.task_id, _b(r.status), r.result, _b(r.error))
+        self._publish_done(r.task_id, _b(r.status), r.result, _b(r.error), quiet=bool(r.output))
+        return True
+
+    def progress(self, reports: dict[str, tuple[float, str]]) -> None:
+        for task_id, (fraction, message) in reports.items():
+            record = self._record(task_id)
+            if record is not None and record.get("status") == b"RUNNING":
+                record.update(progress=_b(fraction), progress_message=_b(message))
+
+    @staticmethod
+    def _delayed_fields(q: QueuedTask, not_before: float) -> dict[str, bytes]:
+        return {"entry": DELAYED_ENTRY.encode(), "not_before": _b(not_before), "d_arguments": q.arguments,
+                "d_timeout": _b("" if q.timeout is None else repr(q.timeout)), "d_attempt": _b(q.attempt),
+                "d_retry": _b(q.retry), "d_limits": _b(q.limits)}
+
+    def promote_due(self, now: float, limit: int = 500) -> int:
+        moved = 0
+        for task_id in sorted((t for t, due in self.delayed.items() if due <= now), key=self.delayed.get)[:limit]:
+            del self.delayed[task_id]
+            record = self._record(task_id)
+            if record is None or record.get("status") != b"QUEUED" or record.get("entry") != DELAYED_ENTRY.encode():
+                continue
+            timeout = record.pop("d_timeout", b"")
+            q = QueuedTask(task_id, record["function_id"].decode(), record.get("owner", b"").decode(),
+                           record.pop("d_arguments"), float(timeout) if timeout else None,
+                           int(record.pop("d_attempt", b"1")), record.pop("d_retry", b"").decode(),
+                           record.pop("d_limits", b"").decode())
+            record["entry"] = self._add_entry(q)
+            moved += 1
+        if moved:
+            self._publish("wake", str(moved).encode())
+        return moved
+
+    def forget_tasks(self, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            self.tasks.pop(str(task_id), None)
+            self.expiry.pop(str(task_id), None)
+
+    def try_lock(self, name: str, holder: str, ttl: float) -> bool:
+        if self.locks.get(name, (None, float("-inf")))[1] > self.clock():
+            return False
+        self.locks[name] = (holder, self.clock() + ttl)
         return True
 
     def done_listener(self) -> _Listener:
@@ -206,7 +268,8 @@ class MemoryTaskStore:
             out.append(Claimed(entry_id, q, code))
         return out
 
-    def requeue(self, items: list[tuple[bytes | None, QueuedTask]]) -> list[bool]:
+    def requeue(self, items: list[tuple[bytes | None, QueuedTask]],
+                not_before: dict[str, float] | None = None) -> list[bool]:
         out = []
         for entry_id, q in items:
             if entry_id:
@@ -214,6 +277,14 @@ class MemoryTaskStore:
             record = self._record(q.task_id)
             if record and record.get("status") in FINAL:
                 out.append(False)
+                continue
+            if (not_before or {}).get(q.task_id):
+                record = self.tasks.setdefault(q.task_id, {})
+                record.update(self._delayed_fields(q, not_before[q.task_id]), status=b"QUEUED",
+                              owner=_b(q.owner_id), function_id=_b(q.function_id), attempts=_b(q.attempt - 1))
+                record.pop("dispatcher", None)
+                self.delayed[q.task_id] = not_before[q.task_id]
+                out.append(True)
                 continue
             new_id = self._add_entry(q)
             record = self.tasks.setdefault(q.task_id, {})
@@ -239,13 +310,15 @@ class MemoryTaskStore:
                 record["started_at"] = _b(r.started_at)
             if r.finished_at is not None:
                 record["finished_at"] = _b(r.finished_at)
+            if r.output:
+                record["output"] = _b(r.output)
             record.update({k: _b(v) for k, v in fields.items()})
             record.pop("entry", None)
             record.pop("dispatcher", None)
             self.expiry[r.task_id] = self.clock() + ttl
             changed = before != _b(r.status)
             if changed:
-                self._publish_done(r.task_id, _b(r.status), r.result, _b(r.error))
+                self._publish_done(r.task_id, _b(r.status), r.result, _b(r.error), quiet=bool(r.output))
             out.append(changed)
         return out
 
@@ -262,6 +335,9 @@ class MemoryTaskStore:
 
     def live_dispatchers(self, names: Iterable[str]) -> set[str]:
         return {n for n in names if self._is_alive(n)}
+
+    def live_dispatcher_names(self) -> list[str]:
+        return sorted(n for n in self.alive if self._is_alive(n))
 
     def any_dispatcher_alive(self) -> bool:
         return any(self._is_alive(n) for n in self.alive)
@@ -297,6 +373,20 @@ class MemoryTaskStore:
     def send_control(self, command: str, **fields) -> int:
         self._publish("control", json.dumps({"command": command, **fields}).encode())
         return sum(1 for listener in self.listeners if listener.control)
+
+    # --- metrics (/metrics) -------------------------------------------------------------
+
+    def add_metrics(self, counts: dict[str, float], lags: dict[str, float] | None = None) -> None:
+        for name, amount in counts.items():
+            self.counters[name] = self.counters.get(name, 0) + amount
+        for consumer, lag in (lags or {}).items():
+            self.lags[consumer] = (lag, self.clock() + metrics.LAG_TTL)
+
+    def metrics(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.counters.items()}
+
+    def metric_lags(self) -> dict[str, float]:
+        return {name: lag for name, (lag, expiry) in self.lags.items() if expiry > self.clock()}
 
     # --- the console ------------------------------------------------------------------
 

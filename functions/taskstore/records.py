@@ -20,14 +20,15 @@ class QueuedTask:
     arguments: bytes
     timeout: float | None = None
     attempt: int = 1
+    retry: str = ""  # JSON: the task's retry policy and its earlier attempts' errors (dispatch.retrying)
     limits: str = ""  # resource limits of the call, workers.limits.encode(); "" for none
 
-    FIELD_NAMES = ("task_id", "function_id", "owner", "arguments", "timeout", "attempt", "limits")
+    FIELD_NAMES = ("task_id", "function_id", "owner", "arguments", "timeout", "attempt", "retry", "limits")
 
     def fields(self) -> dict:
         return {"task_id": self.task_id, "function_id": self.function_id, "owner": self.owner_id,
                 "arguments": self.arguments, "timeout": "" if self.timeout is None else repr(self.timeout),
-                "attempt": self.attempt, "limits": self.limits}
+                "attempt": self.attempt, "retry": self.retry, "limits": self.limits}
 
     @classmethod
     def from_fields(cls, fields: dict) -> QueuedTask:
@@ -36,11 +37,11 @@ class QueuedTask:
         return cls(task_id=fields[b"task_id"].decode(), function_id=fields[b"function_id"].decode(),
                    owner_id=fields.get(b"owner", b"").decode(), arguments=fields[b"arguments"],
                    timeout=float(timeout) if timeout else None, attempt=int(fields.get(b"attempt", b"1")),
-                   limits=fields.get(b"limits", b"").decode())
+                   retry=fields.get(b"retry", b"").decode(), limits=fields.get(b"limits", b"").decode())
 
-    def again(self, attempt: int) -> QueuedTask:
+    def again(self, attempt: int, retry: str | None = None) -> QueuedTask:
         return QueuedTask(self.task_id, self.function_id, self.owner_id, self.arguments, self.timeout, attempt,
-                          self.limits)
+                          self.retry if retry is None else retry, self.limits)
 
 
 class Claim(enum.IntEnum):

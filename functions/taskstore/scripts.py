@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import hashlib
 
-from functions.taskstore.keys import DONE_INLINE_BYTES
+from functions.taskstore import metrics
+from functions.taskstore.keys import DELAYED_ENTRY, DONE_INLINE_BYTES
 
 # The done message: the status, then (when small) the error and result, so a waiting
 # long-poll need not read the hash back. Used by every script that sets a final state.
+# A task with captured output gets the status only (the message has no room for the
+# output): its readers read the hash. `fields_from` is where field, value pairs begin.
 _PUBLISH_DONE = """
-local function publish_done(channel, status, result, err)
-  if #result + #err <= DONE_INLINE_BYTES then
+local function has_output(fields_from)
+  for i = fields_from, #ARGV, 2 do
+    if ARGV[i] == 'output' then return true end
+  end
+  return false
+end
+local function publish_done(channel, status, result, err, quiet)
+  if not quiet and #result + #err <= DONE_INLINE_BYTES then
     redis.call('PUBLISH', channel, status .. '\\n' .. #err .. '\\n' .. err .. result)
   else
     redis.call('PUBLISH', channel, status)
@@ -27,21 +36,22 @@ end
 # queued_at, only_missing ('1': skip tasks Redis still has), then per task QueuedTask.fields().
 # The hash remembers its stream entry: only that entry may ever run the task.
 ENQUEUE = """
-local per, queued = 7, {}
+local per, queued = 8, {}
 for i = 2, #KEYS do
   local a = 4 + (i - 2) * per
   if ARGV[4] ~= '1' or redis.call('EXISTS', KEYS[i]) == 0 then
     local id = redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[a + 1], 'function_id', ARGV[a + 2],
                           'owner', ARGV[a + 3], 'arguments', ARGV[a + 4], 'timeout', ARGV[a + 5],
-                          'attempt', ARGV[a + 6], 'limits', ARGV[a + 7])
+                          'attempt', ARGV[a + 6], 'retry', ARGV[a + 7], 'limits', ARGV[a + 8])
     redis.call('HSET', KEYS[i], 'status', 'QUEUED', 'owner', ARGV[a + 3], 'function_id', ARGV[a + 2],
                'received_at', ARGV[2], 'queued_at', ARGV[3], 'attempts', ARGV[a + 6] - 1, 'entry', id)
     queued[#queued + 1] = i - 1
+    SUBMIT_COUNTER
   end
 end
 if #queued > 0 then redis.call('PUBLISH', ARGV[1], #queued) end
 return queued
-"""
+""".replace("SUBMIT_COUNTER", metrics.SUBMIT_COUNTER_LUA.format(fid="ARGV[a + 2]"))
 
 # QUEUED -> RUNNING for new entries. KEYS[1]=stream; ARGV = group, consumer, count,
 # dispatched_at, task key prefix. Per entry: {id, fields, code} with code 1 started,
@@ -99,7 +109,7 @@ if ARGV[5] ~= '' and s ~= ARGV[5] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'result', ARGV[2], 'error', ARGV[3])
 if #ARGV > 5 then redis.call('HSET', KEYS[1], unpack(ARGV, 6)) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-publish_done(KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+publish_done(KEYS[2], ARGV[1], ARGV[2], ARGV[3], has_output(6))
 return 1
 """
 
@@ -114,13 +124,33 @@ end
 local s = redis.call('HGET', KEYS[2], 'status')
 if s == 'COMPLETED' or s == 'FAILED' then return 0 end
 local id = redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[4], 'function_id', ARGV[5], 'owner', ARGV[6],
-                      'arguments', ARGV[7], 'timeout', ARGV[8], 'attempt', ARGV[9], 'limits', ARGV[10])
+                      'arguments', ARGV[7], 'timeout', ARGV[8], 'attempt', ARGV[9], 'retry', ARGV[10],
+                      'limits', ARGV[11])
 redis.call('HSET', KEYS[2], 'status', 'QUEUED', 'owner', ARGV[6], 'function_id', ARGV[5],
            'attempts', ARGV[9] - 1, 'entry', id)
 redis.call('HDEL', KEYS[2], 'dispatcher')
 redis.call('PUBLISH', ARGV[3], 1)
 return 1
 """
+
+# RUNNING | QUEUED -> QUEUED in the delayed set (a retry waiting its back-off), only while
+# not final. KEYS[1]=stream, KEYS[2]=task hash, KEYS[3]=delayed set; ARGV = group, old entry
+# id ("" for none), not_before, then the task's QueuedTask.fields(). As ENQUEUE_DELAYED,
+# the record holds the future entry's fields until PROMOTE makes it.
+REQUEUE_LATER = """
+if ARGV[2] ~= '' then
+  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('XDEL', KEYS[1], ARGV[2])
+end
+local s = redis.call('HGET', KEYS[2], 'status')
+if s == 'COMPLETED' or s == 'FAILED' then return 0 end
+redis.call('HSET', KEYS[2], 'status', 'QUEUED', 'owner', ARGV[6], 'function_id', ARGV[5],
+           'attempts', ARGV[9] - 1, 'entry', 'DELAYED_ENTRY', 'not_before', ARGV[3], 'd_arguments', ARGV[7],
+           'd_timeout', ARGV[8], 'd_attempt', ARGV[9], 'd_retry', ARGV[10], 'd_limits', ARGV[11])
+redis.call('HDEL', KEYS[2], 'dispatcher')
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+""".replace("DELAYED_ENTRY", DELAYED_ENTRY)
 
 # The database's final state, written over whatever Redis holds (it lost or rolled back
 # data): the database is the authority. KEYS[1]=task hash, KEYS[2]=done channel; ARGV =
@@ -132,7 +162,7 @@ if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
 redis.call('HDEL', KEYS[1], 'entry', 'dispatcher')
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 if s ~= ARGV[1] then
-  publish_done(KEYS[2], ARGV[1], ARGV[2], ARGV[3])
+  publish_done(KEYS[2], ARGV[1], ARGV[2], ARGV[3], has_output(5))
   return 1
 end
 return 0
@@ -160,6 +190,58 @@ end
 return purged
 """
 
+# (none) -> QUEUED, waiting in the delayed set until its time. KEYS[1]=delayed set,
+# KEYS[2..]=task hashes; ARGV = received_at, queued_at, not_before, then per task
+# QueuedTask.fields(). The record holds what its stream entry will (d_* fields) and names
+# no entry yet ('delayed'), so no stream entry can run it before PROMOTE makes one.
+ENQUEUE_DELAYED = """
+local per = 8
+for i = 2, #KEYS do
+  local a = 3 + (i - 2) * per
+  redis.call('HSET', KEYS[i], 'status', 'QUEUED', 'owner', ARGV[a + 3], 'function_id', ARGV[a + 2],
+             'received_at', ARGV[1], 'queued_at', ARGV[2], 'attempts', ARGV[a + 6] - 1, 'entry', 'DELAYED_ENTRY',
+             'not_before', ARGV[3], 'd_arguments', ARGV[a + 4], 'd_timeout', ARGV[a + 5], 'd_attempt', ARGV[a + 6],
+             'd_retry', ARGV[a + 7], 'd_limits', ARGV[a + 8])
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[a + 1])
+  SUBMIT_COUNTER
+end
+return #KEYS - 1
+""".replace("DELAYED_ENTRY", DELAYED_ENTRY).replace(
+    "SUBMIT_COUNTER", metrics.SUBMIT_COUNTER_LUA.format(fid="ARGV[a + 2]"))
+
+# Delayed tasks whose time has come -> the stream. KEYS[1]=delayed set, KEYS[2]=stream;
+# ARGV = now, limit, task key prefix, wake channel. A task that became final meanwhile (a
+# cancel) only leaves the set. Returns how many reached the stream.
+PROMOTE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
+local moved = 0
+for _, task_id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], task_id)
+  local key = ARGV[3] .. task_id
+  local r = redis.call('HMGET', key, 'status', 'entry', 'function_id', 'owner', 'd_arguments', 'd_timeout',
+                       'd_attempt', 'd_retry', 'd_limits')
+  if r[1] == 'QUEUED' and r[2] == 'DELAYED_ENTRY' and r[5] then
+    local id = redis.call('XADD', KEYS[2], '*', 'task_id', task_id, 'function_id', r[3], 'owner', r[4] or '',
+                          'arguments', r[5], 'timeout', r[6] or '', 'attempt', r[7] or '1', 'retry', r[8] or '',
+                          'limits', r[9] or '')
+    redis.call('HSET', key, 'entry', id)
+    redis.call('HDEL', key, 'd_arguments', 'd_timeout', 'd_attempt', 'd_retry', 'd_limits')
+    moved = moved + 1
+  end
+end
+if moved > 0 then redis.call('PUBLISH', ARGV[4], moved) end
+return moved
+""".replace("DELAYED_ENTRY", DELAYED_ENTRY)
+
+# A running task's progress: RUNNING only, so a late report never touches a final task nor
+# recreates an expired hash. KEYS[1]=task hash; ARGV = fraction, message.
+PROGRESS = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'RUNNING' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1], 'progress_message', ARGV[2])
+return 1
+"""
+
 SOURCES = {"enqueue": ENQUEUE, "claim": CLAIM, "start": START, "finish": FINISH, "requeue": REQUEUE,
-           "repair": REPAIR, "purge": PURGE}
+           "repair": REPAIR, "purge": PURGE, "progress": PROGRESS, "enqueue_delayed": ENQUEUE_DELAYED,
+           "promote": PROMOTE, "requeue_later": REQUEUE_LATER}
 SHAS = {name: hashlib.sha1(source.encode()).hexdigest() for name, source in SOURCES.items()}

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 
 import redis
 
-from functions.taskstore import keys
+from functions.taskstore import keys, metrics
 from functions.taskstore.keys import (
     CONTROL_CHANNEL,
     DISPATCHER_TTL,
@@ -69,6 +69,8 @@ def _final_fields(r: Result) -> list:
         fields += ["started_at", repr(r.started_at)]
     if r.finished_at is not None:
         fields += ["finished_at", repr(r.finished_at)]
+    if r.output:
+        fields += ["output", r.output]
     return fields
 
 
@@ -125,6 +127,10 @@ class TaskStore:
     def put_function(self, function_id, owner_id: str, payload: bytes) -> None:
         self.redis.hset(keys.function_key(function_id), mapping={"payload": payload, "owner": owner_id or ""})
 
+    def drop_function(self, function_id) -> None:
+        """Forget a deleted function's cached payload, so no dispatcher runs it again."""
+        self.redis.delete(keys.function_key(function_id))
+
     def function_payloads(self, function_ids: list[str]) -> dict[str, bytes]:
         pipe = self.redis.pipeline(transaction=False)
         for fid in function_ids:
@@ -134,13 +140,21 @@ class TaskStore:
     # --- the web side -----------------------------------------------------------------
 
     def enqueue(self, tasks: list[QueuedTask], received_at: float | None = None, *,
-                only_missing: bool = False) -> list[int]:
+                only_missing: bool = False, not_before: float | None = None) -> list[int]:
         """Queue tasks (each one's hash and stream entry, then one wake-up) in one atomic
         script call; returns the 1-based positions queued. `only_missing` skips tasks Redis
-        still has (re-queueing from the database after Redis lost data)."""
+        still has (re-queueing from the database after Redis lost data). With `not_before`
+        (unix time) in the future they wait in the delayed set instead (countdown, eta)."""
         if not tasks:
             return []
         now = time.time()
+        if not_before is not None and not_before > now and not only_missing:
+            args = [repr(received_at or now), repr(now), repr(not_before)]
+            for t in tasks:
+                args += t.fields().values()
+            self._script(self.redis, "enqueue_delayed", [keys.DELAYED_KEY, *(task_key(t.task_id) for t in tasks)],
+                         args)
+            return list(range(1, len(tasks) + 1))
         args = [WAKE_CHANNEL, repr(received_at or now), repr(now), "1" if only_missing else "0"]
         for t in tasks:
             args += t.fields().values()
@@ -181,6 +195,31 @@ class TaskStore:
         extra = _final_fields(r) + (["stored_at", stored_at] if stored_at else [])
         self._script(pipe, "finish", [task_key(r.task_id), done_channel(r.task_id)],
                      [r.status, r.result, r.error, ttl, only_if, *extra])
+
+    def progress(self, reports: dict[str, tuple[float, str]]) -> None:
+        """Running tasks' progress (fraction, message), in one round trip; ignored for a task
+        that is no longer RUNNING."""
+        if not reports:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for task_id, (fraction, message) in reports.items():
+            self._script(pipe, "progress", [task_key(task_id)], [repr(fraction), message])
+        self._execute(pipe)
+
+    def promote_due(self, now: float, limit: int = 500) -> int:
+        """Move delayed tasks whose time (unix `now`) has come onto the queue; returns how many."""
+        return int(self._script(self.redis, "promote", [keys.DELAYED_KEY, STREAM],
+                                [repr(now), limit, task_key(""), WAKE_CHANNEL]))
+
+    def forget_tasks(self, task_ids: list[str]) -> None:
+        """Drop the records of tasks whose rows were purged (most have expired already)."""
+        if task_ids:
+            self.redis.delete(*(task_key(t) for t in task_ids))
+
+    def try_lock(self, name: str, holder: str, ttl: float) -> bool:
+        """Take a lock for `ttl` seconds unless someone holds it: one dispatcher at a time
+        does a periodic job (the retention sweep)."""
+        return bool(self.redis.set(keys.LOCK_KEY.format(name=name), holder, nx=True, px=int(ttl * 1000)))
 
     def done_listener(self) -> DoneListener:
         return DoneListener(self.redis.pubsub(ignore_subscribe_messages=True))
@@ -228,13 +267,19 @@ class TaskStore:
         codes = iter(self._execute(pipe))
         return [Claimed(entry_id, q, Claim(next(codes)) if q is not None else Claim.FORGED) for entry_id, q in parsed]
 
-    def requeue(self, items: list[tuple[bytes | None, QueuedTask]]) -> list[bool]:
+    def requeue(self, items: list[tuple[bytes | None, QueuedTask]],
+                not_before: dict[str, float] | None = None) -> list[bool]:
         """Put tasks back on the queue as new entries, unless final (a task cancelled while
-        it ran stays cancelled); the old entries are forgotten either way."""
+        it ran stays cancelled); the old entries are forgotten either way. A task named in
+        `not_before` (unix time) waits in the delayed set until then (a retry's back-off)."""
         if not items:
             return []
         pipe = self.redis.pipeline(transaction=False)
         for entry_id, q in items:
+            if (not_before or {}).get(q.task_id):
+                self._script(pipe, "requeue_later", [STREAM, task_key(q.task_id), keys.DELAYED_KEY],
+                             [GROUP, entry_id or "", repr(not_before[q.task_id]), *q.fields().values()])
+                continue
             self._script(pipe, "requeue", [STREAM, task_key(q.task_id)],
                          [GROUP, entry_id or "", WAKE_CHANNEL, *q.fields().values()])
         return [bool(x) for x in self._execute(pipe)]
@@ -280,6 +325,11 @@ class TaskStore:
             pipe.exists(keys.dispatcher_key(name))
         return {name for name, alive in zip(names, pipe.execute()) if alive}
 
+    def live_dispatcher_names(self) -> list[str]:
+        """Every dispatcher whose liveness key has not expired, by name (for /readyz and /metrics)."""
+        prefix = keys.dispatcher_key("")
+        return sorted(key.decode()[len(prefix):] for key in self.redis.scan_iter(match=prefix + "*", count=100))
+
     def any_dispatcher_alive(self) -> bool:
         return next(self.redis.scan_iter(match=keys.dispatcher_key("*"), count=100), None) is not None
 
@@ -320,6 +370,31 @@ class TaskStore:
     def send_control(self, command: str, **fields) -> int:
         """Tell every running dispatcher to act (cancel a task, drain a worker); returns listeners reached."""
         return self.redis.publish(CONTROL_CHANNEL, json.dumps({"command": command, **fields}))
+
+    # --- metrics (/metrics) -------------------------------------------------------------
+
+    def add_metrics(self, counts: dict[str, float], lags: dict[str, float] | None = None) -> None:
+        """Add to the platform's counters (field -> amount) and set dispatchers' loop lags,
+        in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for name, amount in counts.items():
+            if name.endswith("_sum"):  # a float: HINCRBY would refuse the field once it holds a fraction
+                pipe.hincrbyfloat(metrics.COUNTERS_KEY, name, amount)
+            else:
+                pipe.hincrby(metrics.COUNTERS_KEY, name, int(amount))
+        for consumer, lag in (lags or {}).items():
+            pipe.set(metrics.lag_key(consumer), repr(lag), ex=metrics.LAG_TTL)
+        pipe.execute()
+
+    def metrics(self) -> dict[str, float]:
+        return {k.decode(): float(v) for k, v in self.redis.hgetall(metrics.COUNTERS_KEY).items()}
+
+    def metric_lags(self) -> dict[str, float]:
+        """Loop lag of each dispatcher that reported in the last few seconds."""
+        prefix = metrics.lag_key("")
+        names = [key.decode() for key in self.redis.scan_iter(match=prefix + "*", count=100)]
+        values = self.redis.mget(names) if names else []
+        return {name[len(prefix):]: float(v) for name, v in zip(names, values) if v is not None}
 
     # --- the console ------------------------------------------------------------------
 

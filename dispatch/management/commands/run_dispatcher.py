@@ -29,14 +29,22 @@ class Command(BaseCommand):
         parser.add_argument("--insecure", action="store_true", help="allow a non-loopback bind without CURVE")
         parser.add_argument("--flush-interval", type=float, default=0.2,
                             help="seconds between batched database writes (default 0.2)")
+        parser.add_argument("--soft-timeout", type=float, default=None,
+                            help="seconds after which a task's function gets SoftTimeLimitExceeded (before -t)")
+        parser.add_argument("--max-tasks-per-child", type=int, default=None,
+                            help="local pool: replace a process after this many tasks")
+        parser.add_argument("--max-memory-per-child", type=int, default=None,
+                            help="local pool: replace a process whose resident memory passed this many KiB")
 
     def handle(self, *args, **options):
         values = {k: options[k] for k in ("mode", "port", "bind", "timeout", "heartbeat_interval",
-                                          "heartbeat_liveness", "retries", "keys_dir", "insecure", "flush_interval")}
+                                          "heartbeat_liveness", "retries", "keys_dir", "insecure", "flush_interval",
+                                          "soft_timeout", "max_tasks_per_child", "max_memory_per_child")}
         if options["workers"] is not None:
             values["workers"] = options["workers"]
         config = DispatcherConfig(redis_url=settings.REDIS_URL, max_result_bytes=settings.FAAS_MAX_RESULT_BYTES,
-                                  result_ttl=settings.FAAS_RESULT_TTL, **values)
+                                  result_ttl=settings.FAAS_RESULT_TTL, history_ttl=settings.FAAS_TASK_HISTORY_TTL,
+                                  retention_interval=settings.FAAS_RETENTION_INTERVAL, **values)
         try:
             config.validate()
         except ConfigError as exc:

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('functions', '0004_standout_versions'),
+        ('functions', '0006_standout_versions'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('functions', '0005_standout_audit'),
+        ('functions', '0007_standout_audit'),
     ]
 
     operations = [

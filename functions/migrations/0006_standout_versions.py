@@ -21,7 +21,7 @@ def number_existing_versions(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('functions', '0003_standout_idempotency'),
+        ('functions', '0005_standout_idempotency'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('functions', '0002_task_dispatcher'),
+        ('functions', '0004_operator_function_retry'),
     ]
 
     operations = [

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('functions', '0006_standout_webhooks'),
+        ('functions', '0008_standout_webhooks'),
     ]
 
     operations = [

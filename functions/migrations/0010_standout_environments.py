@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('functions', '0007_standout_limits'),
+        ('functions', '0009_standout_limits'),
     ]
 
     operations = [
