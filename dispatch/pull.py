@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dispatch.remote import RemoteDispatcher
 from dispatch.workertable import WorkerEntry
+from dispatch.zmq_modes import RemoteDispatcher
 from workers import protocol
 
 

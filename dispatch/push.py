@@ -3,8 +3,8 @@ processes; heartbeats both ways tell it when a worker is gone."""
 
 from __future__ import annotations
 
-from dispatch.remote import RemoteDispatcher
 from dispatch.workertable import WorkerEntry
+from dispatch.zmq_modes import RemoteDispatcher
 from workers import protocol
 
 

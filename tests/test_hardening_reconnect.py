@@ -15,7 +15,7 @@ from scripts.stack import Stack
 from tests.helpers import wait_until
 from tests.stack import endpoint_of
 from workers import protocol
-from workers.remote import Liveness, Unconfirmed
+from workers.zmq_worker import Liveness, Unconfirmed
 
 # --- the rules, with a fake clock and a fake random source ----------------------------------
 

@@ -2,7 +2,7 @@
 
 import sys
 
-from workers.remote import main as run_worker
+from workers.zmq_worker import main as run_worker
 
 
 def main(argv=None) -> int:
