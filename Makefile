@@ -14,10 +14,11 @@ N_HOSTS ?= 3
 
 .PHONY: run test test-sqlite test-postgres bench setup system-deps clean keys cluster
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@command -v $(PYTHON) >/dev/null || PYTHON=python3; test -x $(PY) || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-dev.txt
+	$(PY) -m pip install --quiet --no-deps -e .  # `.venv/bin/python` imports the project from any folder
 	touch $(STAMP)
 
 system-deps:

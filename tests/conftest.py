@@ -152,3 +152,22 @@ def database_url(db: dict) -> str:
     if db["ENGINE"] == "django.db.backends.sqlite3":
         return f"sqlite:///{db['NAME']}"
     return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@pytest.fixture
+def alice(redis_client):
+    """An API client signed in as a user of its own (most API tests need two users)."""
+    from django.contrib.auth.models import User
+
+    from tests.helpers import client_for
+
+    return client_for(User.objects.create_user("alice", password="pw"))
+
+
+@pytest.fixture
+def bob(redis_client):
+    from django.contrib.auth.models import User
+
+    from tests.helpers import client_for
+
+    return client_for(User.objects.create_user("bob", password="pw"))

@@ -11,4 +11,15 @@ def finish_task(task_id, status: str, result: bytes, error: str = "", ttl: int =
     return services.task_store().finish([Result(str(task_id), status, result, error)], ttl)[0]
 
 
-__all__ = ["finish_task", "wait_until"]
+def client_for(user=None):
+    """A DRF test client, signed in with a token of `user` (anonymous without one)."""
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    if user is not None:
+        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+__all__ = ["client_for", "finish_task", "wait_until"]

@@ -10,7 +10,6 @@ import uuid
 
 import dill
 import pytest
-from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
@@ -26,23 +25,6 @@ pytestmark = pytest.mark.django_db
 
 def add(a, b):
     return a + b
-
-
-def client_for(user=None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
-def alice(redis_client):
-    return client_for(User.objects.create_user("alice", password="pw"))
-
-
-@pytest.fixture
-def bob(redis_client):
-    return client_for(User.objects.create_user("bob", password="pw"))
 
 
 def register(client, fn=add, name="add") -> str:

@@ -8,24 +8,13 @@ import uuid
 
 import dill
 import pytest
-from django.contrib.auth.models import User
 
 from functions.taskstore import keys
 from tests.helpers import finish_task
-from tests.test_api import client_for, execute, register
+from tests.test_api import execute, register
 from workers.serialization import deserialize, serialize
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def alice(redis_client):
-    return client_for(User.objects.create_user("alice", password="pw"))
-
-
-@pytest.fixture
-def bob(redis_client):
-    return client_for(User.objects.create_user("bob", password="pw"))
 
 
 def queue(client, count: int) -> list[str]:

@@ -6,9 +6,6 @@ from __future__ import annotations
 import datetime
 
 import pytest
-from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from functions.client import APIError, FaaSClient
 from functions.models import Task
@@ -21,22 +18,6 @@ pytestmark = pytest.mark.django_db
 
 def add(a, b):
     return a + b
-
-
-def client_for(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
-def alice(redis_client):
-    return client_for(User.objects.create_user("alice", password="pw"))
-
-
-@pytest.fixture
-def bob(redis_client):
-    return client_for(User.objects.create_user("bob", password="pw"))
 
 
 def register(client, name="add") -> str:

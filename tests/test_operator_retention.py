@@ -20,10 +20,7 @@ from functions.taskstore.memory import MemoryTaskStore
 from tests import operator_functions as of
 from tests.helpers import wait_until
 from tests.platform import start_platform
-from tests.test_operator_listing import alice as alice_fixture
 from tests.test_operator_listing import register, submit
-
-alice = alice_fixture  # the fixture, shared: pytest finds it by this name
 
 pytestmark = pytest.mark.django_db
 

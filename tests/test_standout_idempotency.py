@@ -12,9 +12,6 @@ from unittest import mock
 import pytest
 import redis
 import requests
-from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from functions.client import FaaSClient
 from functions.models import IdempotencyKey, Task
@@ -23,23 +20,6 @@ from tests.fixtures_functions import add
 from tests.fixtures_standout import append_line
 from tests.platform import start_platform
 from workers.serialization import serialize
-
-
-def client_for(user=None) -> APIClient:
-    client = APIClient()
-    if user is not None:
-        client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
-def alice(redis_client):
-    return client_for(User.objects.create_user("alice", password="pw"))
-
-
-@pytest.fixture
-def bob(redis_client):
-    return client_for(User.objects.create_user("bob", password="pw"))
 
 
 def register(client) -> str:

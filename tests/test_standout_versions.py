@@ -8,30 +8,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from django.contrib.auth.models import User
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from functions.models import Function
 from tests import fixtures_standout as fs
 from tests.platform import start_platform
 from workers.serialization import serialize
-
-
-def client_for(user) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-@pytest.fixture
-def alice(redis_client):
-    return client_for(User.objects.create_user("alice", password="pw"))
-
-
-@pytest.fixture
-def bob(redis_client):
-    return client_for(User.objects.create_user("bob", password="pw"))
 
 
 def register(client, fn, name="calc"):

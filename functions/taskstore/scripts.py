@@ -113,16 +113,21 @@ publish_done(KEYS[2], ARGV[1], ARGV[2], ARGV[3], has_output(6))
 return 1
 """
 
-# RUNNING | QUEUED -> QUEUED as a new entry, only while not final. KEYS[1]=stream,
-# KEYS[2]=task hash; ARGV = group, old entry id ("" for none), wake channel, then the
-# task's QueuedTask.fields(). The old entry is forgotten whatever the answer.
-REQUEUE = """
+# Both re-queue scripts start here: the old entry (ARGV[1] group, ARGV[2] entry id, "" for
+# none; KEYS[1] stream) is forgotten whatever the answer, and a final task (KEYS[2]) stays final.
+_LEAVE_OLD_ENTRY = """
 if ARGV[2] ~= '' then
   redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
   redis.call('XDEL', KEYS[1], ARGV[2])
 end
 local s = redis.call('HGET', KEYS[2], 'status')
 if s == 'COMPLETED' or s == 'FAILED' then return 0 end
+"""
+
+# RUNNING | QUEUED -> QUEUED as a new entry, only while not final. KEYS[1]=stream,
+# KEYS[2]=task hash; ARGV = group, old entry id ("" for none), wake channel, then the
+# task's QueuedTask.fields(). The old entry is forgotten whatever the answer.
+REQUEUE = _LEAVE_OLD_ENTRY + """
 local id = redis.call('XADD', KEYS[1], '*', 'task_id', ARGV[4], 'function_id', ARGV[5], 'owner', ARGV[6],
                       'arguments', ARGV[7], 'timeout', ARGV[8], 'attempt', ARGV[9], 'retry', ARGV[10],
                       'limits', ARGV[11])
@@ -137,13 +142,7 @@ return 1
 # not final. KEYS[1]=stream, KEYS[2]=task hash, KEYS[3]=delayed set; ARGV = group, old entry
 # id ("" for none), not_before, then the task's QueuedTask.fields(). As ENQUEUE_DELAYED,
 # the record holds the future entry's fields until PROMOTE makes it.
-REQUEUE_LATER = """
-if ARGV[2] ~= '' then
-  redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('XDEL', KEYS[1], ARGV[2])
-end
-local s = redis.call('HGET', KEYS[2], 'status')
-if s == 'COMPLETED' or s == 'FAILED' then return 0 end
+REQUEUE_LATER = _LEAVE_OLD_ENTRY + """
 redis.call('HSET', KEYS[2], 'status', 'QUEUED', 'owner', ARGV[6], 'function_id', ARGV[5],
            'attempts', ARGV[9] - 1, 'entry', 'DELAYED_ENTRY', 'not_before', ARGV[3], 'd_arguments', ARGV[7],
            'd_timeout', ARGV[8], 'd_attempt', ARGV[9], 'd_retry', ARGV[10], 'd_limits', ARGV[11])
